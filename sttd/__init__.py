@@ -1,0 +1,3 @@
+"""sttd: a speech-to-text daemon for Linux desktops."""
+
+__version__ = "0.1.0"
