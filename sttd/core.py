@@ -1,0 +1,460 @@
+"""The dictation core: state machine, transcript assembly and voice triggers. No I/O.
+
+The daemon feeds it what happened (a D-Bus call, a session becoming ready, a
+parsed server event) and drains :meth:`Dictation.take_outputs` for what
+should be announced (state changes, transcripts, triggers, errors). It never
+touches a socket, a file or the clock, so every rule here is tested by
+calling methods and reading outputs.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from dataclasses import dataclass, field
+
+from . import protocol as p
+from .errors import DisabledError
+from .languages import check_language
+
+logger = logging.getLogger(__name__)
+
+
+class State(enum.StrEnum):
+    """The contract's dictation states, as ``State`` shows them on D-Bus."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    SPEAKING = "speaking"
+    PROCESSING = "processing"
+    RECONNECTING = "reconnecting"
+    ERROR = "error"
+
+
+ACTIVE_STATES = frozenset({State.CONNECTING, State.LISTENING, State.SPEAKING, State.PROCESSING, State.RECONNECTING})
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: State
+
+
+@dataclass(frozen=True)
+class TranscriptEmitted:
+    """Partial (``final=False``: the utterance so far) or final text of one utterance."""
+
+    text: str
+    final: bool
+    item_id: str
+
+
+@dataclass(frozen=True)
+class TextCommitted:
+    """Final text that joined the pending text (trigger words removed): what hooks and outputs type."""
+
+    text: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class PendingTextChanged:
+    text: str
+
+
+@dataclass(frozen=True)
+class Triggered:
+    """``name`` is ``send`` or ``purge``; ``text`` is what was sent or dropped."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ErrorRaised:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LastErrorChanged:
+    message: str
+
+
+@dataclass(frozen=True)
+class LanguageChanged:
+    language: str
+
+
+@dataclass(frozen=True)
+class EnabledChanged:
+    enabled: bool
+
+
+Output = (
+    StateChanged
+    | TranscriptEmitted
+    | TextCommitted
+    | PendingTextChanged
+    | Triggered
+    | ErrorRaised
+    | LastErrorChanged
+    | LanguageChanged
+    | EnabledChanged
+)
+
+
+def normalise(text: str) -> str:
+    """Collapse runs of whitespace and trim: what every final transcript goes through."""
+    return " ".join(text.split())
+
+
+# ------------------------------------------------------- transcript assembly
+
+
+@dataclass
+class _Item:
+    item_id: str
+    deltas: list[str] = field(default_factory=list)
+    final: str | None = None
+    done: bool = False
+
+
+class TranscriptAssembler:
+    """Puts utterances back in spoken order.
+
+    The service commits turns in order but may complete their transcriptions
+    out of order. Each ``committed`` event names its predecessor
+    (``previous_item_id``), so items are kept in a list ordered by that chain
+    and released from the head only once every earlier item is done
+    (completed, failed or abandoned).
+    """
+
+    def __init__(self) -> None:
+        self._order: list[str] = []
+        self._items: dict[str, _Item] = {}
+
+    @property
+    def outstanding(self) -> int:
+        """Committed utterances whose final text has not been released yet."""
+        return len(self._order)
+
+    def committed(self, item_id: str, previous_item_id: str | None) -> None:
+        if item_id in self._items:
+            return
+        self._items[item_id] = _Item(item_id)
+        if previous_item_id in self._order:
+            self._order.insert(self._order.index(previous_item_id) + 1, item_id)
+        else:
+            # The first turn of a session (or one whose predecessor is already
+            # released) follows everything still waiting.
+            self._order.append(item_id)
+
+    def delta(self, item_id: str, delta: str) -> str:
+        """Add a delta; returns the utterance's text so far."""
+        item = self._item(item_id)
+        item.deltas.append(delta)
+        return normalise("".join(item.deltas))
+
+    def completed(self, item_id: str, transcript: str) -> list[tuple[str, str]]:
+        """Record a final transcript; returns the ``(item_id, text)`` now releasable, in order."""
+        item = self._item(item_id)
+        item.final, item.done = normalise(transcript), True
+        return self._release()
+
+    def failed(self, item_id: str) -> list[tuple[str, str]]:
+        """Give up on an utterance; later ones are no longer held back by it."""
+        self._item(item_id).done = True
+        return self._release()
+
+    def abandon_all(self) -> list[tuple[str, str]]:
+        """The session that owed these transcripts is gone: release what is complete, drop the rest."""
+        for item in self._items.values():
+            item.done = True
+        return self._release()
+
+    def _item(self, item_id: str) -> _Item:
+        if item_id not in self._items:
+            # A transcription for a turn whose commit we did not see: place it last.
+            self.committed(item_id, None)
+        return self._items[item_id]
+
+    def _release(self) -> list[tuple[str, str]]:
+        released = []
+        while self._order and self._items[self._order[0]].done:
+            item = self._items.pop(self._order.pop(0))
+            if item.final is not None:
+                released.append((item.item_id, item.final))
+        return released
+
+
+# ------------------------------------------------------------------ triggers
+
+_TRAILING = " \t\n.,!?;:…\"'"
+
+
+@dataclass(frozen=True)
+class TriggerMatch:
+    name: str
+    """``send`` or ``purge``."""
+    remainder: str
+    """The utterance without the trigger word."""
+
+
+class Triggers:
+    """Finds the send and purge words in a final utterance.
+
+    With ``position="end"`` a trigger counts only when it ends the utterance
+    (trailing punctuation aside), so "I will send you the file" stays text.
+    Purge is checked first: when both are said, dropping is the safe choice.
+    """
+
+    def __init__(self, send: str, purge: str, position: str = "end") -> None:
+        self._patterns = [
+            ("purge", re.compile(purge, re.IGNORECASE)),
+            ("send", re.compile(send, re.IGNORECASE)),
+        ]
+        self._at_end = position == "end"
+
+    def match(self, text: str) -> TriggerMatch | None:
+        stripped = text.rstrip(_TRAILING)
+        for name, pattern in self._patterns:
+            matches = list(pattern.finditer(stripped))
+            if not matches:
+                continue
+            last = matches[-1]
+            if self._at_end and last.end() != len(stripped):
+                continue
+            remainder = stripped[: last.start()] + stripped[last.end() :]
+            return TriggerMatch(name, normalise(remainder).rstrip(_TRAILING))
+        return None
+
+
+# ------------------------------------------------------------ the dictation
+
+
+class Dictation:
+    """The dictation state machine.
+
+    Commands (:meth:`start`, :meth:`stop`, ...) come from D-Bus or the
+    daemon; session notifications (:meth:`session_ready`, :meth:`server_event`,
+    ...) come from the Realtime session. Every change is queued as an
+    :data:`Output`; the caller drains them with :meth:`take_outputs`.
+    """
+
+    def __init__(self, *, enabled: bool, language: str, triggers: Triggers) -> None:
+        self._state = State.IDLE
+        self._enabled = enabled
+        self._language = check_language(language)
+        self._triggers = triggers
+        self._assembler = TranscriptAssembler()
+        self._pending: list[str] = []
+        self._last_error = ""
+        self._stopping = False
+        self._outputs: list[Output] = []
+
+    # -- read-only views
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, new: State) -> None:
+        if new is self._state:
+            return
+        level = logging.DEBUG if {new, self._state} & {State.SPEAKING, State.PROCESSING} else logging.INFO
+        logger.log(level, "state: %s -> %s", self._state, new, extra={"STTD_STATE": str(new)})
+        self._state = new
+        self._emit(StateChanged(new))
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def language(self) -> str:
+        return self._language
+
+    @property
+    def pending_text(self) -> str:
+        return " ".join(self._pending)
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    @property
+    def active(self) -> bool:
+        """Recording or finishing a dictation."""
+        return self._state in ACTIVE_STATES
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def outstanding(self) -> int:
+        """Committed utterances still waiting for their transcript."""
+        return self._assembler.outstanding
+
+    def take_outputs(self) -> list[Output]:
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def _emit(self, output: Output) -> None:
+        self._outputs.append(output)
+
+    # -- commands
+
+    def start(self) -> bool:
+        """Begin a dictation; False when one is already running. Raises :class:`DisabledError`."""
+        if not self._enabled:
+            raise DisabledError("dictation is disabled (sttctl enable turns it back on)")
+        if self.active:
+            return False
+        self._stopping = False
+        self._set_last_error("")
+        self.state = State.CONNECTING
+        return True
+
+    def stop(self) -> bool:
+        """Ask the running dictation to finish; False when there is none.
+
+        The state shows ``processing`` while the session flushes; the daemon
+        calls :meth:`finished` once it is closed.
+        """
+        if not self.active:
+            return False
+        self._stopping = True
+        self.state = State.PROCESSING
+        return True
+
+    def finished(self) -> None:
+        """The session is closed (after a stop, a cancel or a fatal error)."""
+        self._release(self._assembler.abandon_all())
+        self._stopping = False
+        if self._state is not State.ERROR:
+            self.state = State.IDLE
+
+    def set_language(self, code: str) -> bool:
+        """Validate and take a language; True when it changed. Raises InvalidLanguageError."""
+        code = check_language(code)
+        if code == self._language:
+            return False
+        self._language = code
+        self._emit(LanguageChanged(code))
+        return True
+
+    def set_enabled(self, enabled: bool) -> bool:
+        if enabled == self._enabled:
+            return False
+        self._enabled = enabled
+        self._emit(EnabledChanged(enabled))
+        return True
+
+    def send(self) -> None:
+        """Send the pending text and start afresh."""
+        text = self.pending_text
+        self._clear_pending()
+        self._emit(Triggered("send", text))
+
+    def purge(self, extra: str = "") -> None:
+        """Drop the pending text (plus ``extra``, words said with the trigger, never typed)."""
+        text = normalise(" ".join([*self._pending, extra]))
+        self._clear_pending()
+        self._emit(Triggered("purge", text))
+
+    # -- session notifications
+
+    def session_ready(self) -> None:
+        """A connection is configured and audio is flowing to it."""
+        if self._state in (State.CONNECTING, State.RECONNECTING):
+            self.state = State.LISTENING
+        self._set_last_error("")
+
+    def session_reconnecting(self, reason: str) -> None:
+        """The connection was lost; what it owed will not come."""
+        self._release(self._assembler.abandon_all())
+        if self.active and not self._stopping:
+            self.state = State.RECONNECTING
+        self._set_last_error(reason)
+
+    def session_failed(self, code: str, message: str) -> None:
+        """A failure that retrying will not fix; the dictation ends in ``error``."""
+        self._release(self._assembler.abandon_all())
+        self._set_last_error(message)
+        self._emit(ErrorRaised(code, message))
+        self._stopping = False
+        self.state = State.ERROR
+
+    def report_problem(self, message: str) -> None:
+        """A condition the user should see in ``LastError`` (muted microphone, ...); "" clears it."""
+        self._set_last_error(message)
+
+    def server_event(self, event: p.ServerEvent) -> None:
+        match event:
+            case p.SpeechStarted():
+                if self._state in (State.LISTENING, State.PROCESSING) and not self._stopping:
+                    self.state = State.SPEAKING
+            case p.SpeechStopped():
+                if self._state is State.SPEAKING:
+                    self.state = State.PROCESSING
+            case p.Committed(item_id, previous_item_id):
+                self._assembler.committed(item_id, previous_item_id)
+                if self._state is State.SPEAKING:
+                    self.state = State.PROCESSING
+            case p.TranscriptionDelta(item_id, delta):
+                self._emit(TranscriptEmitted(self._assembler.delta(item_id, delta), False, item_id))
+            case p.TranscriptionCompleted(item_id, transcript):
+                self._release(self._assembler.completed(item_id, transcript))
+            case p.TranscriptionFailed(item_id, code, message):
+                self._emit(ErrorRaised(code or "transcription_failed", f"transcription failed: {message}"))
+                self._release(self._assembler.failed(item_id))
+            case p.ServiceError(type=kind, code=code, message=message):
+                self._emit(ErrorRaised(code or kind, message))
+        self._back_to_listening()
+
+    # -- internals
+
+    def _back_to_listening(self) -> None:
+        if self._state is State.PROCESSING and not self._stopping and self._assembler.outstanding == 0:
+            self.state = State.LISTENING
+
+    def _release(self, finals: list[tuple[str, str]]) -> None:
+        for item_id, text in finals:
+            if text:
+                self._final(item_id, text)
+
+    def _final(self, item_id: str, text: str) -> None:
+        self._emit(TranscriptEmitted(text, True, item_id))
+        match = self._triggers.match(text)
+        if match is None:
+            self._append_pending(text, item_id)
+        elif match.name == "send":
+            if match.remainder:
+                # Typed before the send, so the text lands before the Enter.
+                self._append_pending(match.remainder, item_id)
+            self.send()
+        else:
+            self.purge(match.remainder)
+
+    def _append_pending(self, text: str, item_id: str) -> None:
+        self._pending.append(text)
+        self._emit(TextCommitted(text, item_id))
+        self._emit(PendingTextChanged(self.pending_text))
+
+    def _clear_pending(self) -> None:
+        had = bool(self._pending)
+        self._pending.clear()
+        if had:
+            self._emit(PendingTextChanged(""))
+
+    def _set_last_error(self, message: str) -> None:
+        if message != self._last_error:
+            self._last_error = message
+            self._emit(LastErrorChanged(message))
