@@ -334,9 +334,15 @@ class Dictation:
         self.state = State.PROCESSING
         return True
 
-    def finished(self) -> None:
-        """The session is closed (after a stop, a cancel or a fatal error)."""
-        self._release(self._assembler.abandon_all())
+    def finished(self, discard: bool = False) -> None:
+        """The session is closed (after a stop, a cancel or a fatal error).
+
+        Transcripts already complete but held back behind a lost one are
+        delivered, unless ``discard`` (Cancel) drops them.
+        """
+        finals = self._assembler.abandon_all()
+        if not discard:
+            self._release(finals)
         self._stopping = False
         if self._state is not State.ERROR:
             self.state = State.IDLE
@@ -349,6 +355,9 @@ class Dictation:
         self._language = code
         self._emit(LanguageChanged(code))
         return True
+
+    def set_triggers(self, triggers: Triggers) -> None:
+        self._triggers = triggers
 
     def set_enabled(self, enabled: bool) -> bool:
         if enabled == self._enabled:

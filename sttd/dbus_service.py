@@ -1,0 +1,297 @@
+# mypy: disable-error-code="name-defined,untyped-decorator,valid-type,no-redef"
+# dbus-next takes D-Bus signatures ("s", "a(ssb)") as annotations, which mypy cannot read as types.
+"""The D-Bus face of sttd: ``io.github.sttd.Sttd1`` on the session bus.
+
+This layer only translates. Method calls go to a :class:`Controller` (the
+daemon); core outputs come back through :meth:`SttdInterface.publish` and
+leave as signals and ``PropertiesChanged``. Every failure a caller can cause
+is answered with a typed ``io.github.sttd.Sttd1.Error.<Name>``; an
+unexpected one with ``...Error.Failed`` and a pointer to the log, never a
+Python traceback.
+
+No ``from __future__ import annotations`` here: dbus-next reads the D-Bus
+signatures from the annotations and cannot read a postponed ``None``.
+"""
+
+import functools
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from dbus_next import DBusError, PropertyAccess
+from dbus_next import introspection as intr
+from dbus_next.aio import MessageBus
+from dbus_next.constants import NameFlag, RequestNameReply
+from dbus_next.service import ServiceInterface, dbus_property, method, signal
+
+from . import core
+from .audio import SourceInfo
+from .errors import SttdError
+
+logger = logging.getLogger(__name__)
+
+BUS_NAME = "io.github.sttd.Sttd1"
+OBJECT_PATH = "/io/github/sttd/Sttd1"
+INTERFACE = "io.github.sttd.Sttd1"
+ERROR_PREFIX = f"{INTERFACE}.Error."
+
+
+class Controller(Protocol):
+    """What the D-Bus layer needs from the daemon."""
+
+    @property
+    def dictation(self) -> core.Dictation: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def toggle(self) -> None: ...
+
+    def set_language(self, code: str) -> None: ...
+
+    def set_enabled(self, enabled: bool) -> None: ...
+
+    def send(self) -> None: ...
+
+    def purge(self) -> None: ...
+
+    async def list_sources(self) -> list[SourceInfo]: ...
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _dbus_errors(fn: F) -> F:
+    """Turn sttd's errors into typed D-Bus errors and hide everything else's traceback."""
+
+    def convert(name: str, exc: Exception) -> DBusError:
+        if isinstance(exc, SttdError):
+            logger.info("%s refused: %s", name, exc)
+            return DBusError(ERROR_PREFIX + exc.dbus_name, str(exc))
+        logger.exception("%s failed", name)
+        return DBusError(ERROR_PREFIX + "Failed", f"{name} failed: {exc.__class__.__name__} (details in sttd's log)")
+
+    if _is_coroutine(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any) -> Any:
+            try:
+                return await fn(*args)
+            except DBusError:
+                raise
+            except Exception as exc:
+                raise convert(fn.__name__, exc) from None
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except DBusError:
+            raise
+        except Exception as exc:
+            raise convert(fn.__name__, exc) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_coroutine(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+class _AnnotatedProperty(intr.Property):  # type: ignore[misc]
+    """dbus-next 0.2.3 cannot annotate; every property here emits PropertiesChanged with its value."""
+
+    def to_xml(self) -> ET.Element:
+        element: ET.Element = super().to_xml()
+        ET.SubElement(
+            element, "annotation", {"name": "org.freedesktop.DBus.Property.EmitsChangedSignal", "value": "true"}
+        )
+        return element
+
+
+_ARG_NAMES = {
+    "Transcript": ("text", "final", "item_id"),
+    "Triggered": ("name", "text"),
+    "Error": ("code", "message"),
+    "ListSources": ("sources",),
+}
+
+
+# The member names below are the D-Bus contract, hence CamelCase; the string
+# annotations are D-Bus signatures, which dbus-next reads from them.
+# ruff: noqa: F821
+
+
+class SttdInterface(ServiceInterface):  # type: ignore[misc]
+    """``io.github.sttd.Sttd1``; see dbus/io.github.sttd.Sttd1.xml."""
+
+    def __init__(self, controller: Controller) -> None:
+        super().__init__(INTERFACE)
+        self._controller = controller
+        self._level = 0.0
+
+    @property
+    def _dictation(self) -> core.Dictation:
+        return self._controller.dictation
+
+    def introspect(self) -> intr.Interface:
+        interface = super().introspect()
+        interface.properties = [_AnnotatedProperty(p.name, p.signature, p.access) for p in interface.properties]
+        # dbus-next names no out-argument; clients (and d-feet) read these names.
+        for member in [*interface.signals, *interface.methods]:
+            names = _ARG_NAMES.get(member.name, ())
+            args = member.args if isinstance(member, intr.Signal) else member.out_args
+            for arg, name in zip(args, names, strict=False):
+                arg.name = name
+        return interface
+
+    # -- methods
+
+    @method()
+    @_dbus_errors
+    def Start(self) -> None:
+        self._controller.start()
+
+    @method()
+    @_dbus_errors
+    def Stop(self) -> None:
+        self._controller.stop()
+
+    @method()
+    @_dbus_errors
+    def Cancel(self) -> None:
+        self._controller.cancel()
+
+    @method()
+    @_dbus_errors
+    def Toggle(self) -> None:
+        self._controller.toggle()
+
+    @method()
+    @_dbus_errors
+    def SetLanguage(self, code: "s") -> None:
+        self._controller.set_language(code)
+
+    @method()
+    @_dbus_errors
+    def Send(self) -> None:
+        self._controller.send()
+
+    @method()
+    @_dbus_errors
+    def Purge(self) -> None:
+        self._controller.purge()
+
+    @method()
+    @_dbus_errors
+    async def ListSources(self) -> "a(ssb)":
+        sources = await self._controller.list_sources()
+        return [[s.name, s.description, s.is_default] for s in sources]
+
+    # -- properties
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":
+        return str(self._dictation.state)
+
+    @dbus_property()
+    def Enabled(self) -> "b":
+        return self._dictation.enabled
+
+    @Enabled.setter
+    def Enabled(self, value: "b") -> None:
+        self._controller.set_enabled(value)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Language(self) -> "s":
+        return self._dictation.language
+
+    @dbus_property(access=PropertyAccess.READ)
+    def PendingText(self) -> "s":
+        return self._dictation.pending_text
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Source(self) -> "s":
+        return self._controller.source
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastError(self) -> "s":
+        return self._dictation.last_error
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Level(self) -> "d":
+        return self._level
+
+    # -- signals
+
+    @signal()
+    def Transcript(self, text: str, final: bool, item_id: str) -> "sbs":
+        return [text, final, item_id]
+
+    @signal()
+    def Triggered(self, name: str, text: str) -> "ss":
+        return [name, text]
+
+    @signal()
+    def Error(self, code: str, message: str) -> "ss":
+        return [code, message]
+
+    # -- from the daemon
+
+    def publish(self, output: core.Output) -> None:
+        """Announce one core output on the bus."""
+        match output:
+            case core.StateChanged(state):
+                self.emit_properties_changed({"State": str(state)})
+                if state not in (core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING):
+                    self.set_level(0.0)
+            case core.TranscriptEmitted(text, final, item_id):
+                self.Transcript(text, final, item_id)
+            case core.PendingTextChanged(text):
+                self.emit_properties_changed({"PendingText": text})
+            case core.Triggered(name, text):
+                self.Triggered(name, text)
+            case core.ErrorRaised(code, message):
+                self.Error(code, message)
+            case core.LastErrorChanged(message):
+                self.emit_properties_changed({"LastError": message})
+            case core.LanguageChanged(language):
+                self.emit_properties_changed({"Language": language})
+            case core.EnabledChanged(enabled):
+                self.emit_properties_changed({"Enabled": enabled})
+
+    def set_level(self, level: float) -> None:
+        """The daemon rate-limits this to at most 10 updates a second while listening."""
+        if level != self._level:
+            self._level = level
+            self.emit_properties_changed({"Level": level})
+
+    def source_changed(self, source: str) -> None:
+        self.emit_properties_changed({"Source": source})
+
+
+async def export(controller: Controller) -> tuple[MessageBus, SttdInterface]:
+    """Connect to the session bus, export the interface and own the name.
+
+    Raises :class:`SttdError` when another sttd already owns the name; the
+    name is requested without queueing, so a second daemon exits at once.
+    """
+    bus = await MessageBus().connect()
+    interface = SttdInterface(controller)
+    bus.export(OBJECT_PATH, interface)
+    reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        bus.disconnect()
+        raise SttdError(f"another sttd already owns {BUS_NAME} on this session bus")
+    return bus, interface
