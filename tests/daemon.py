@@ -32,11 +32,19 @@ def write_config(path: Path, url: str, extra: str = "", api_key_file: Path | Non
     return path
 
 
+def sttctl(env: dict[str, str], *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``sttctl`` with ``env``."""
+    return subprocess.run(
+        [command("sttctl"), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 class Sttd:
     """One ``sttd`` process with its own config, state directory and log."""
 
     def __init__(self, tmp: Path, env: dict[str, str], config: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp / "sttd.log"
         self.env = {
             **os.environ,
@@ -60,9 +68,7 @@ class Sttd:
         return self.log_path.read_text(errors="replace")
 
     def ctl(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [command("sttctl"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        return sttctl(self.env, *args, timeout=timeout)
 
     def wait_ready(self, timeout: float = 15) -> None:
         def ready() -> bool:
