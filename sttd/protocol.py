@@ -230,7 +230,7 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
         return UnknownEvent(kind)
     try:
         event: ServerEvent = parser(data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ProtocolError(f"malformed {kind} event: {exc!r}") from None
     return event
 
@@ -401,8 +401,17 @@ class ServerEvents:
             error={"type": "transcription_error", "code": code, "message": message},
         )
 
+    def cleared(self) -> dict[str, Any]:
+        return self._event("input_audio_buffer.cleared")
+
     def error(
-        self, code: str, message: str, *, event_id: str | None = None, type_: str = "invalid_request_error"
+        self,
+        code: str,
+        message: str,
+        *,
+        event_id: str | None = None,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
     ) -> dict[str, Any]:
-        error: dict[str, Any] = {"type": type_, "code": code, "message": message, "event_id": event_id}
+        error: dict[str, Any] = {"type": type_, "code": code, "message": message, "param": param, "event_id": event_id}
         return self._event("error", error=error)
