@@ -617,6 +617,15 @@ class FakeRealtimeServer:
 
     # ------------------------------------------------------------ on-demand faults
 
+    def send_raw(self, text: str, *, session: int | None = None) -> None:
+        """Send ``text`` as is (a malformed event, say); it is not validated or recorded."""
+
+        async def go() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await self._target(session).ws.send(text)
+
+        self._call(go)
+
     def send_error(
         self,
         code: str,
