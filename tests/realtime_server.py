@@ -666,6 +666,15 @@ class FakeRealtimeServer:
 
         self._call(go)
 
+    def freeze(self) -> None:
+        """Stop reading every open session: no more events and no pong, like a dead network path."""
+
+        async def go() -> None:
+            for s in self._open_sessions():
+                s.ws.transport.pause_reading()
+
+        self._call(go)
+
     def force_turn(self, text: str | None = None, *, session: int | None = None) -> str:
         """Commit what the open session has buffered as a turn now, as the VAD would.
 

@@ -114,3 +114,67 @@ def test_set_language_is_validated_and_persisted(tmp_path: Path, sttd: Sttd) -> 
     assert bad.returncode == 1
     assert "ISO-639-1" in bad.stderr
     assert '"language": "de"' in (tmp_path / "state" / "sttd" / "state.json").read_text()
+
+
+@pytest.mark.parametrize(("code", "words"), [(3000, "credentials"), (4000, "refused")])
+def test_a_fatal_close_shows_state_error_and_is_not_retried(
+    sttd: Sttd, realtime_server: FakeRealtimeServer, code: int, words: str
+) -> None:
+    realtime_server.close_on_connect(code, "test refusal", times=None)
+    listener = Listener(sttd)
+    try:
+        assert sttd.ctl("start").returncode == 0
+        sttd.wait_state("error")
+        status = sttd.status()
+        assert words in status["last_error"] and str(code) in status["last_error"]
+        error = listener.wait_for(lambda e: e["type"] == "error", 10, "the Error signal")
+        assert error["code"] == words
+        # A new Start makes exactly one new attempt: the failure was not retried in between.
+        assert sttd.ctl("start").returncode == 0
+        sttd.wait_state("error")
+        assert realtime_server.handshake_count == 2
+    finally:
+        listener.close()
+
+
+def test_the_token_path_works_and_the_key_is_never_logged(
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    realtime_server.script(["by token"])
+    config = write_config(
+        tmp_path / "config.toml", realtime_server.url, extra=f'token_url = "{realtime_server.token_url}"'
+    )
+    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
+    daemon = Sttd(tmp_path, env, config)
+    listener = None
+    try:
+        daemon.wait_ready()
+        listener = Listener(daemon)
+        assert daemon.ctl("start").returncode == 0
+        daemon.wait_state("listening")
+        pulse_server.play(speech_wav("ephemeral tokens", tmp_path / "token.wav"))
+        final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 20, "a final Transcript")
+        assert final["text"] == "by token"
+        assert daemon.ctl("stop").returncode == 0
+        daemon.wait_state("idle")
+        assert [s.auth for s in realtime_server.sessions()] == ["token"]
+        assert len(realtime_server.token_requests()) == 1
+        assert daemon.terminate() == 0
+    finally:
+        if listener is not None:
+            listener.close()
+        daemon.kill()
+    assert realtime_server.api_key not in daemon.log
+    assert "ek_" not in daemon.log  # nor the ephemeral secret
+
+
+def test_a_language_change_while_listening_reaches_the_live_session(
+    sttd: Sttd, realtime_server: FakeRealtimeServer
+) -> None:
+    assert sttd.ctl("start").returncode == 0
+    sttd.wait_state("listening")
+    assert sttd.ctl("lang", "fr").returncode == 0
+    realtime_server.wait_for_client_event("session.update", 2, timeout=10)
+    assert realtime_server.sessions()[0].config["audio"]["input"]["transcription"]["language"] == "fr"
+    assert sttd.ctl("stop").returncode == 0
+    sttd.wait_state("idle")

@@ -332,3 +332,44 @@ def test_a_malformed_server_event_is_skipped(
     run(body)
     assert [f.text for f in h.finals()] == ["still fine"]
     assert caplog.text.count("skipping a malformed server event") == 3
+
+
+def test_a_dead_connection_is_noticed_by_pings_and_replaced(realtime_server: FakeRealtimeServer) -> None:
+    realtime_server.script(["after the silence"])
+    h = Harness(realtime_server, ping_interval_s=0.3, ping_timeout_s=0.3)
+
+    async def body() -> None:
+        task = asyncio.create_task(h.session.run())
+        await h.wait(lambda: h.ready == 1, 10, "the session")
+        await asyncio.to_thread(realtime_server.freeze)
+        await h.wait(lambda: h.ready == 2, 10, "a new session after the ping timeout")
+        await h.feed(burst(PITCHES[0]))
+        h.session.finish()
+        await task
+
+    run(body)
+    assert h.reconnects
+    assert [f.text for f in h.finals()] == ["after the silence"]
+
+
+def test_audio_beyond_the_backlog_bound_is_dropped_and_counted() -> None:
+    from sttd.realtime import AudioLedger
+
+    ledger = AudioLedger(backlog_bytes=10 * 1920)
+    for i in range(15):
+        ledger.add(bytes([i]) * 1920)
+    assert ledger.dropped_bytes == 5 * 1920
+    first = ledger.next_frame()
+    assert first is not None and first[0] == 5  # the oldest were dropped, the newest kept
+
+
+def test_a_world_readable_key_file_is_warned_about(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from sttd.credentials import find_api_key
+
+    key = tmp_path / "key"
+    key.write_text("sk-file-0123456789\n")
+    key.chmod(0o644)
+    found = find_api_key(str(key))
+    assert found is not None and found.value == "sk-file-0123456789"
+    assert "readable by other users" in caplog.text
+    assert "sk-file-0123456789" not in caplog.text
