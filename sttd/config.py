@@ -113,7 +113,13 @@ class LocalConfig:
     """``[local]``: the offline engine."""
 
     model: str = "base.en"
-    """A model name or a directory."""
+    """A faster-whisper model name (fetched by its loader on first use) or a directory holding one."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where the model runs."""
+    compute_type: str = "int8"
+    """CTranslate2 compute type: "int8", "int8_float16", "float16", "float32", ..."""
+    threads: int = 0
+    """CPU threads for transcription; 0 = as many as there are cores."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,7 @@ def _check_values(config: Config) -> None:
     _check_range("audio.chunk_ms", audio.chunk_ms, 10, 100)
     _check_range("audio.preroll_ms", audio.preroll_ms, 0, 10000)
     _check_range("hooks.timeout_s", hooks.timeout_s, 0.1, 3600)
+    _check_range("local.threads", config.local.threads, 0, 256)
     for name in ("send", "purge"):
         pattern = getattr(config.triggers, name)
         try:
