@@ -465,4 +465,3 @@ class RealtimeSession:
     @property
     def dropped_audio_ms(self) -> int:
         return self._ledger.dropped_bytes // p.BYTES_PER_MS
-

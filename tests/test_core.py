@@ -38,7 +38,13 @@ def test_a_dictation_walks_the_contract_states() -> None:
     d.stop()
     d.finished()
     assert states(d.take_outputs()) == [
-        "connecting", "listening", "speaking", "processing", "listening", "processing", "idle",
+        "connecting",
+        "listening",
+        "speaking",
+        "processing",
+        "listening",
+        "processing",
+        "idle",
     ]
 
 
