@@ -21,6 +21,7 @@ from . import state as persisted
 from .credentials import CredentialSource, find_api_key
 from .dbus_service import SttdInterface, export
 from .errors import AudioError, ConfigError, CredentialsError, SessionError, SttdError
+from .microphone import Microphone
 from .protocol import ServerEvent
 from .realtime import RealtimeSession, SessionOptions
 from .systemd import Notifier
@@ -48,7 +49,7 @@ class Daemon:
         self._tasks: asyncio.TaskGroup | None = None
         self._shutdown = asyncio.Event()
         self._session: RealtimeSession | None = None
-        self._capture: audio.Capture | None = None
+        self._microphone = Microphone(cfg.audio, on_problem=self._audio_problem, on_level=self._audio_level)
         self._dictation_task: asyncio.Task[None] | None = None
         self._discarding = False
         self._last_level_at = 0.0
@@ -68,6 +69,8 @@ class Daemon:
                 watchdog = None
                 if self._notifier.watchdog_interval_s:
                     watchdog = tg.create_task(self._watchdog(self._notifier.watchdog_interval_s))
+                if self._microphone.keeps_open:
+                    tg.create_task(self._open_for_preroll(), name="preroll")
                 self._notifier.ready(self._status_line())
                 logger.info("sttd %s ready on the session bus", __version__)
                 await self._shutdown.wait()
@@ -76,6 +79,7 @@ class Daemon:
                 self._tasks = None
                 if watchdog is not None:
                     watchdog.cancel()
+                await self._microphone.close()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -94,6 +98,12 @@ class Daemon:
             self.cancel()
             await task
 
+    async def _open_for_preroll(self) -> None:
+        try:
+            await self._microphone.open()
+        except AudioError as exc:
+            logger.warning("pre-roll: cannot open the microphone yet (%s); Start will try again", exc)
+
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, systemd notices.
         while True:
@@ -110,7 +120,9 @@ class Daemon:
         else:
             self._config = new
             self._dictation.set_triggers(_triggers(new))
-            logger.info("configuration reloaded; it applies from the next dictation")
+            if self._tasks is not None:
+                self._tasks.create_task(self._microphone.reconfigure(new.audio), name="reconfigure-audio")
+            logger.info("configuration reloaded (the Realtime settings apply from the next dictation)")
         self._notifier.ready(self._status_line())
 
     # -- Controller: what D-Bus calls
@@ -121,9 +133,7 @@ class Daemon:
 
     @property
     def source(self) -> str:
-        if self._capture is not None and self._capture.source_name:
-            return self._capture.source_name
-        return self._config.audio.source
+        return self._microphone.source_name or self._config.audio.source
 
     def start(self) -> None:
         if self._tasks is None:
@@ -210,15 +220,8 @@ class Daemon:
                 max_reconnect_attempts=cfg.realtime.max_reconnect_attempts,
             )
             self._session = RealtimeSession(options, credentials, listener=self)
-            self._capture = audio.Capture(
-                source=cfg.audio.source,
-                chunk_ms=cfg.audio.chunk_ms,
-                loop=asyncio.get_running_loop(),
-                on_frame=self._session.send_audio,
-                on_problem=self._audio_problem,
-                on_level=self._audio_level,
-            )
-            await self._capture.start()
+            await self._microphone.open()
+            self._microphone.attach(self._session.send_audio)
             self._source_changed()
             await self._session.run()
         except CredentialsError as exc:
@@ -231,19 +234,16 @@ class Daemon:
             await self._close_dictation()
 
     async def _finish(self) -> None:
-        """Stop: close the microphone, then let the session flush what it holds."""
-        if self._capture is not None:
-            await self._capture.stop()
-        await asyncio.sleep(0)  # frames the capture thread queued before it stopped
+        """Stop: every frame captured so far goes to the session, which then flushes."""
+        await self._microphone.detach()
         if self._session is not None:
             self._session.finish()
 
     async def _close_dictation(self) -> None:
-        if self._capture is not None:
-            await self._capture.stop()
+        await self._microphone.detach()
         if self._session is not None and self._session.dropped_audio_ms:
             logger.warning("%d ms of audio were dropped while disconnected", self._session.dropped_audio_ms)
-        self._session = self._capture = None
+        self._session = None
         self._dictation.finished(discard=self._discarding)
         self._discarding = False
         self._source_changed()

@@ -1,0 +1,106 @@
+"""Where captured audio goes: the running session, or the pre-roll ring while idle.
+
+Without pre-roll (the default) the microphone is opened by Start and closed
+by Stop, so an idle daemon records nothing and does no audio work. With
+``[audio] preroll_ms`` above 0 the stream stays open while idle and the last
+``preroll_ms`` of audio wait in memory (never sent anywhere) so that the
+first word said together with Start is whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+
+from . import audio
+from .config import AudioConfig
+
+logger = logging.getLogger(__name__)
+
+FrameSink = Callable[[bytes], None]
+
+
+class Microphone:
+    """Owns the :class:`~sttd.audio.Capture` and routes its frames. Runs on the event loop."""
+
+    def __init__(
+        self,
+        config: AudioConfig,
+        *,
+        on_problem: Callable[[str], None],
+        on_level: Callable[[float], None],
+    ) -> None:
+        self._config = config
+        self._on_problem = on_problem
+        self._on_level = on_level
+        self._capture: audio.Capture | None = None
+        self._sink: FrameSink | None = None
+        self._ring: deque[bytes] = deque(maxlen=self._ring_frames(config))
+
+    @staticmethod
+    def _ring_frames(config: AudioConfig) -> int:
+        return math.ceil(config.preroll_ms / config.chunk_ms) if config.preroll_ms else 0
+
+    @property
+    def keeps_open(self) -> bool:
+        return self._config.preroll_ms > 0
+
+    @property
+    def source_name(self) -> str:
+        return self._capture.source_name if self._capture is not None else ""
+
+    async def open(self) -> None:
+        """Start recording if not already; raises :class:`~sttd.errors.AudioError`. Safe to cancel."""
+        if self._capture is not None:
+            return
+        capture = audio.Capture(
+            source=self._config.source,
+            chunk_ms=self._config.chunk_ms,
+            loop=asyncio.get_running_loop(),
+            on_frame=self._frame,
+            on_problem=self._on_problem,
+            on_level=self._on_level,
+        )
+        await capture.start()
+        self._capture = capture
+
+    def attach(self, sink: FrameSink) -> None:
+        """Send frames to ``sink`` from now on, starting with the pre-roll."""
+        while self._ring:
+            sink(self._ring.popleft())
+        self._sink = sink
+
+    async def detach(self) -> None:
+        """Stop sending frames to the session; every frame captured until now has been delivered.
+
+        Closes the stream unless pre-roll keeps it open.
+        """
+        if not self.keeps_open:
+            await self.close()
+            # Frames the capture thread queued on the loop before it stopped.
+            await asyncio.sleep(0)
+        self._sink = None
+
+    async def close(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            await capture.stop()
+
+    async def reconfigure(self, config: AudioConfig) -> None:
+        """Take a new ``[audio]`` section; reopens the stream only when idle and the source changed."""
+        changed = (config.source, config.chunk_ms) != (self._config.source, self._config.chunk_ms)
+        self._config = config
+        self._ring = deque(self._ring, maxlen=self._ring_frames(config))
+        if self._sink is None and (changed or not self.keeps_open):
+            await self.close()
+            if self.keeps_open:
+                await self.open()
+
+    def _frame(self, pcm: bytes) -> None:
+        if self._sink is not None:
+            self._sink(pcm)
+        elif self._ring.maxlen:
+            self._ring.append(pcm)
