@@ -33,6 +33,7 @@ class State(enum.StrEnum):
     ERROR = "error"
 
 
+_TURN_STATES = frozenset({State.LISTENING, State.SPEAKING, State.PROCESSING})
 ACTIVE_STATES = frozenset({State.CONNECTING, State.LISTENING, State.SPEAKING, State.PROCESSING, State.RECONNECTING})
 
 
@@ -267,7 +268,8 @@ class Dictation:
     def state(self, new: State) -> None:
         if new is self._state:
             return
-        level = logging.DEBUG if {new, self._state} & {State.SPEAKING, State.PROCESSING} else logging.INFO
+        # Turn-by-turn changes would flood the journal of a daemon left running all day.
+        level = logging.DEBUG if {new, self._state} <= _TURN_STATES else logging.INFO
         logger.log(level, "state: %s -> %s", self._state, new, extra={"STTD_STATE": str(new)})
         self._state = new
         self._emit(StateChanged(new))
