@@ -330,6 +330,9 @@ class Dictation:
         The state shows ``processing`` while the session flushes; the daemon
         calls :meth:`finished` once it is closed.
         """
+        if self._state is State.ERROR:
+            self.state = State.IDLE  # acknowledged: the error stays in LastError
+            return False
         if not self.active:
             return False
         self._stopping = True

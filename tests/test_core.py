@@ -177,6 +177,8 @@ def test_a_fatal_session_error_ends_in_error_with_the_message() -> None:
     out = d.take_outputs()
     assert d.state is core.State.ERROR
     assert core.ErrorRaised("credentials", "the service refused the credentials (close 3000)") in out
+    assert not d.stop()  # Stop acknowledges the error: back to idle, the reason kept
+    assert d.state is core.State.IDLE and "3000" in d.last_error
     assert d.start()  # a new Start tries again
 
 
