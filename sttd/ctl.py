@@ -2,14 +2,19 @@
 
 It talks only D-Bus. Exit codes: 0 ok, 1 the daemon refused (its message on
 stderr), 2 usage, 3 the daemon is not reachable.
+
+Commands that ask for something to happen (``start``, ``toggle``, ``enable``,
+``disable``, ``lang CODE``) let the bus start sttd when its activation file is
+installed; queries and ``stop``/``cancel``/``send``/``purge`` never bring up a
+daemon (there is nothing to stop, and a fresh daemon has nothing to send).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -19,19 +24,25 @@ from dbus_next import BusType, DBusError, Message, MessageFlag, MessageType, Var
 from dbus_next.aio import MessageBus
 
 from . import __version__
-from .dbus_service import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
+from .dbus_service import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, PROPERTIES
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-PROPERTIES = "org.freedesktop.DBus.Properties"
+CALL_TIMEOUT_S = 30.0
+"""How long one call may take (bus activation included) before sttd counts as unreachable."""
 UNREACHABLE_ERRORS = {
     "org.freedesktop.DBus.Error.ServiceUnknown",
     "org.freedesktop.DBus.Error.NameHasNoOwner",
     "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.Disconnected",
     "org.freedesktop.DBus.Error.Spawn.ChildExited",
+    "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
     "org.freedesktop.DBus.Error.Spawn.ExecFailed",
     "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
+    "org.freedesktop.DBus.Error.Spawn.ServiceNotValid",
     "org.freedesktop.DBus.Error.Spawn.Failed",
+    "org.freedesktop.DBus.Error.Spawn.Timeout",
     "org.freedesktop.DBus.Error.TimedOut",
+    "org.freedesktop.systemd1.NoSuchUnit",
 }
 
 SIMPLE_COMMANDS = {
@@ -42,9 +53,22 @@ SIMPLE_COMMANDS = {
     "send": "Send",
     "purge": "Purge",
 }
-# Commands that may start the daemon through bus activation; reading state or
-# stopping must not bring up a daemon just to say it is idle.
-NO_AUTOSTART = {"stop", "cancel", "status", "listen"}
+COMMANDS = [
+    ("start", "start dictating"),
+    ("stop", "stop; what was said is still transcribed"),
+    ("toggle", "start when idle, stop otherwise"),
+    ("cancel", "stop and drop what is not transcribed yet"),
+    ("send", "send the pending text (like saying the send word)"),
+    ("purge", "drop the pending text (like saying the purge word)"),
+    ("status", "show the daemon's state"),
+    ("lang", "show or set the language (ISO-639-1 code, or '' for automatic)"),
+    ("enable", "allow dictation (persisted)"),
+    ("disable", "refuse dictation until enabled (persisted)"),
+    ("listen", "print transcripts as they arrive, until interrupted"),
+    ("devices", "list the capture sources (* marks the default)"),
+]
+# Commands that may start the daemon through bus activation.
+AUTOSTART = {"start", "toggle", "enable", "disable"}
 
 
 class Unreachable(Exception):
@@ -72,12 +96,17 @@ class Client:
             body=body or [],
             flags=self._flags,
         )
-        reply = await self._bus.call(message)
+        try:
+            reply = await asyncio.wait_for(self._bus.call(message), CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise Unreachable(f"no answer to {member} within {CALL_TIMEOUT_S:.0f} s") from None
+        except (OSError, EOFError) as exc:
+            raise Unreachable(f"the session bus went away ({exc})") from None
         if reply is None:
             return []
         if reply.message_type == MessageType.ERROR:
             name = reply.error_name or ""
-            text = reply.body[0] if reply.body else name
+            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
             if name in UNREACHABLE_ERRORS:
                 raise Unreachable(text)
             raise Refused(text if name.startswith(ERROR_PREFIX) else f"{name}: {text}")
@@ -92,38 +121,28 @@ class Client:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sttctl", description="Control sttd, the speech-to-text daemon.")
+    parser = argparse.ArgumentParser(
+        prog="sttctl",
+        description="Control sttd, the speech-to-text daemon.",
+        epilog="Exit status: 0 ok, 1 sttd refused, 2 usage, 3 sttd not reachable.",
+    )
     parser.add_argument("--version", action="version", version=f"sttctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in [
-        ("start", "start dictating"),
-        ("stop", "stop; what was said is still transcribed"),
-        ("toggle", "start when idle, stop otherwise"),
-        ("cancel", "stop and drop what is not transcribed yet"),
-        ("send", "send the pending text (like saying the send word)"),
-        ("purge", "drop the pending text (like saying the purge word)"),
-        ("enable", "allow dictation"),
-        ("disable", "refuse dictation until enabled"),
-        ("devices", "list the capture sources"),
-    ]:
-        sub.add_parser(name, help=help_text)
-    status = sub.add_parser("status", help="show the daemon's state")
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    lang = sub.add_parser("lang", help="show or set the language (ISO-639-1 code, or '' for automatic)")
-    lang.add_argument("code", nargs="?", help="e.g. en, de; '' for automatic")
-    listen = sub.add_parser("listen", help="print transcripts as they arrive, until interrupted")
-    listen.add_argument("--json", action="store_true", help="one JSON object per line, every event")
+    parsers = {name: sub.add_parser(name, help=help_text, description=help_text) for name, help_text in COMMANDS}
+    parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
+    parsers["lang"].add_argument("code", nargs="?", help="e.g. en, de; '' for automatic")
+    parsers["listen"].add_argument("--json", action="store_true", help="one JSON object per line, every event")
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
     try:
         bus = await MessageBus(bus_type=BusType.SESSION).connect()
-    except (OSError, ValueError, DBusError) as exc:
-        raise Unreachable(f"no session bus ({exc})") from None
+    except (OSError, ValueError, EOFError, DBusError) as exc:
+        raise Unreachable(f"no session bus: {exc}") from None
     try:
-        client = Client(bus, autostart=args.command not in NO_AUTOSTART)
-        return await _dispatch(client, bus, args)
+        autostart = args.command in AUTOSTART or (args.command == "lang" and args.code is not None)
+        return await _dispatch(Client(bus, autostart), bus, args)
     finally:
         bus.disconnect()
 
@@ -147,7 +166,7 @@ async def _dispatch(client: Client, bus: MessageBus, args: argparse.Namespace) -
         for name, description, is_default in sources:
             print(f"{'*' if is_default else ' '} {name}\t{description}")
     elif command == "listen":
-        await _listen(bus, client, args.json)
+        return await _listen(bus, client, args.json)
     return EXIT_OK
 
 
@@ -171,42 +190,98 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
         print(f"last error: {status['last_error']}")
 
 
-async def _listen(bus: MessageBus, client: Client, as_json: bool) -> None:
-    """Print events until SIGINT/SIGTERM; survives daemon restarts (the match has no sender).
+async def _add_match(bus: MessageBus, rule: str) -> None:
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[rule],
+        )
+    )
+    if reply is not None and reply.message_type == MessageType.ERROR:
+        raise Unreachable(f"the bus refused a subscription: {reply.body[0] if reply.body else reply.error_name}")
 
-    With ``--json`` the first line is the current state (all properties), printed
-    once the subscription is in place, so a status bar starts out right and
-    nothing said after that line is missed.
+
+async def _listen(bus: MessageBus, client: Client, as_json: bool) -> int:
+    """Print events until SIGINT/SIGTERM.
+
+    With ``--json`` every line is one JSON object with a ``type``:
+    ``properties`` (the changed properties, snake_case; the first line holds
+    all of them, printed once the subscription is in place, so a status bar
+    starts out right and nothing said after that line is missed),
+    ``transcript``, ``triggered``, ``error``, and ``daemon`` (``running``
+    false when sttd leaves the bus, true when one comes back, followed by all
+    its properties). It survives daemon restarts; it exits 3 when sttd is not
+    running at the start or the bus goes away.
     """
     for rule in (
         f"type='signal',path='{OBJECT_PATH}',interface='{INTERFACE}'",
         f"type='signal',path='{OBJECT_PATH}',interface='{PROPERTIES}',member='PropertiesChanged'",
+        f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BUS_NAME}'",
     ):
-        await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
-        )
-    printer = _json_printer if as_json else _text_printer
-    bus.add_message_handler(lambda message: _on_signal(message, printer))
-    props = await client.properties()  # also fails with exit 3 when sttd is not running
-    printer({"type": "properties", **{_snake(k): v for k, v in props.items()}})
+        await _add_match(bus, rule)
     stop = asyncio.Event()
+    failed: list[BaseException] = []
+    tasks: set[asyncio.Task[None]] = set()
+    base_printer = _json_printer if as_json else _text_printer
+
+    def printer(event: dict[str, Any]) -> None:
+        if stop.is_set():
+            return
+        try:
+            base_printer(event)
+        except OSError as exc:  # the reader went away (BrokenPipeError) or the disk is full
+            failed.append(exc)
+            stop.set()
+
+    async def daemon_back() -> None:
+        try:
+            props = await client.properties()
+        except (Unreachable, Refused):
+            return  # gone again: its departure is announced by the next NameOwnerChanged
+        printer(_properties_event(props))
+
+    def on_owner_changed(new_owner: str) -> None:
+        printer({"type": "daemon", "running": bool(new_owner)})
+        if new_owner:
+            task = asyncio.ensure_future(daemon_back())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    bus.add_message_handler(lambda message: _on_signal(message, printer, on_owner_changed))
+    printer(_properties_event(await client.properties()))  # fails with exit 3 when sttd is not running
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
     disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
-    await asyncio.wait([asyncio.ensure_future(stop.wait()), disconnected], return_when=asyncio.FIRST_COMPLETED)
-    disconnected.cancel()
+    await asyncio.wait([stopped, disconnected], return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopped, disconnected, *tasks):
+        task.cancel()
+    if failed:
+        raise failed[0]
+    if not stop.is_set():
+        raise Unreachable("the session bus closed the connection")
+    return EXIT_OK
 
 
-def _on_signal(message: Message, printer: Callable[[dict[str, Any]], None]) -> bool:
-    if message.message_type != MessageType.SIGNAL or message.path != OBJECT_PATH:
+def _properties_event(props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "properties", **{_snake(k): v for k, v in props.items()}}
+
+
+def _on_signal(
+    message: Message, printer: Callable[[dict[str, Any]], None], on_owner_changed: Callable[[str], None]
+) -> bool:
+    if message.message_type != MessageType.SIGNAL:
+        return False
+    if message.member == "NameOwnerChanged" and message.interface == "org.freedesktop.DBus":
+        if message.body and message.body[0] == BUS_NAME:
+            on_owner_changed(message.body[2])
+        return False
+    if message.path != OBJECT_PATH:
         return False
     event: dict[str, Any] | None = None
     if message.interface == INTERFACE and message.member == "Transcript":
@@ -217,14 +292,14 @@ def _on_signal(message: Message, printer: Callable[[dict[str, Any]], None]) -> b
     elif message.interface == INTERFACE and message.member == "Error":
         event = {"type": "error", "code": message.body[0], "message": message.body[1]}
     elif message.interface == PROPERTIES and message.body and message.body[0] == INTERFACE:
-        changed = {name: variant.value for name, variant in message.body[1].items()}
-        event = {"type": "properties", **{_snake(k): v for k, v in changed.items()}}
+        event = _properties_event({name: variant.value for name, variant in message.body[1].items()})
     if event is not None:
         printer(event)
     return False
 
 
 def _snake(name: str) -> str:
+    """D-Bus property names as ``status --json`` spells them (PendingText is the transcript)."""
     return {"PendingText": "transcript", "LastError": "last_error"}.get(name, name.lower())
 
 
@@ -239,10 +314,12 @@ def _text_printer(event: dict[str, Any]) -> None:
         print(f"[{event['name']}] {event['text']}", flush=True)
     elif event["type"] == "error":
         print(f"[error] {event['message']}", file=sys.stderr, flush=True)
+    elif event["type"] == "daemon":
+        print(f"[sttd {'is back' if event['running'] else 'left the bus'}]", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # usage errors exit 2
     try:
         return asyncio.run(_run(args))
     except Unreachable as exc:
@@ -253,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        # The reader of our output is gone (`sttctl listen | head -1`): exit quietly,
+        # and keep Python from complaining again while flushing stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
+    sys.exit(main())

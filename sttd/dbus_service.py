@@ -7,27 +7,37 @@ daemon); core outputs come back through :meth:`SttdInterface.publish` and
 leave as signals and ``PropertiesChanged``. Every failure a caller can cause
 is answered with a typed ``io.github.sttd.Sttd1.Error.<Name>``; an
 unexpected one with ``...Error.Failed`` and a pointer to the log, never a
-Python traceback.
+Python traceback. Arguments or property values of the wrong D-Bus type are
+refused with ``org.freedesktop.DBus.Error.InvalidArgs`` naming the expected
+type.
+
+Calls run as tasks (``async`` handlers) that wait until :func:`export` has
+handed the interface to the daemon: with bus activation, dbus-daemon
+delivers the activating call (``sttctl start``) even before the reply to
+the name request, and it must not meet a half-started daemon.
 
 No ``from __future__ import annotations`` here: dbus-next reads the D-Bus
 signatures from the annotations and cannot read a postponed ``None``.
 """
 
+import asyncio
 import functools
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from dbus_next import DBusError, PropertyAccess
+from dbus_next import DBusError, Message, MessageType, PropertyAccess
 from dbus_next import introspection as intr
 from dbus_next.aio import MessageBus
-from dbus_next.constants import NameFlag, RequestNameReply
+from dbus_next.constants import ErrorType, NameFlag, RequestNameReply
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from . import core
-from .audio import SourceInfo
 from .errors import SttdError
+
+if TYPE_CHECKING:  # sttd.audio loads numpy and libpulse: too slow for sttctl, which imports this module
+    from .audio import SourceInfo
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,9 @@ BUS_NAME = "io.github.sttd.Sttd1"
 OBJECT_PATH = "/io/github/sttd/Sttd1"
 INTERFACE = "io.github.sttd.Sttd1"
 ERROR_PREFIX = f"{INTERFACE}.Error."
+PROPERTIES = "org.freedesktop.DBus.Properties"
+LEVEL_STATES = frozenset({core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING})
+"""The states in which ``Level`` moves; in every other it is 0 and emits nothing."""
 
 
 class Controller(Protocol):
@@ -62,7 +75,7 @@ class Controller(Protocol):
 
     def purge(self) -> None: ...
 
-    async def list_sources(self) -> list[SourceInfo]: ...
+    async def list_sources(self) -> "list[SourceInfo]": ...
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,6 +116,19 @@ def _dbus_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _DropAnsweredErrors(logging.Filter):
+    """dbus-next 0.2.3 answers a ``DBusError`` raised by an ``async`` method, then lets it
+    escape into the event loop, which logs it with a traceback ("Exception in callback
+    ...done"). The caller already has its answer; the log should not look like a crash."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, DBusError) and "_make_method_handler" in record.getMessage())
+
+
+_ANSWERED_ERRORS = _DropAnsweredErrors()
+
+
 def _is_coroutine(fn: Callable[..., Any]) -> bool:
     import inspect
 
@@ -119,6 +145,8 @@ class _AnnotatedProperty(intr.Property):  # type: ignore[misc]
         )
         return element
 
+
+_TYPE_NAMES = {"b": " (boolean)", "s": " (string)", "d": " (double)"}
 
 _ARG_NAMES = {
     "Transcript": ("text", "final", "item_id"),
@@ -140,6 +168,21 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         super().__init__(INTERFACE)
         self._controller = controller
         self._level = 0.0
+        self._source = controller.source
+        self._signatures: tuple[dict[str, str], dict[str, str]] | None = None
+        self._ready = asyncio.Event()
+
+    def serve(self) -> None:
+        """Let calls through to the controller (see the module docstring).
+
+        Called by :func:`export` in the daemon's start-up step; the waiting
+        calls resume only once that step is over.
+        """
+        self._ready.set()
+
+    async def _serving(self) -> None:
+        if not self._ready.is_set():
+            await self._ready.wait()
 
     @property
     def _dictation(self) -> core.Dictation:
@@ -160,76 +203,93 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @method()
     @_dbus_errors
-    def Start(self) -> None:
+    async def Start(self) -> None:
+        await self._serving()
         self._controller.start()
 
     @method()
     @_dbus_errors
-    def Stop(self) -> None:
+    async def Stop(self) -> None:
+        await self._serving()
         self._controller.stop()
 
     @method()
     @_dbus_errors
-    def Cancel(self) -> None:
+    async def Cancel(self) -> None:
+        await self._serving()
         self._controller.cancel()
 
     @method()
     @_dbus_errors
-    def Toggle(self) -> None:
+    async def Toggle(self) -> None:
+        await self._serving()
         self._controller.toggle()
 
     @method()
     @_dbus_errors
-    def SetLanguage(self, code: "s") -> None:
+    async def SetLanguage(self, code: "s") -> None:
+        await self._serving()
         self._controller.set_language(code)
 
     @method()
     @_dbus_errors
-    def Send(self) -> None:
+    async def Send(self) -> None:
+        await self._serving()
         self._controller.send()
 
     @method()
     @_dbus_errors
-    def Purge(self) -> None:
+    async def Purge(self) -> None:
+        await self._serving()
         self._controller.purge()
 
     @method()
     @_dbus_errors
     async def ListSources(self) -> "a(ssb)":
+        await self._serving()
         sources = await self._controller.list_sources()
-        return [[s.name, s.description, s.is_default] for s in sources]
+        return [[str(s.name), str(s.description), bool(s.is_default)] for s in sources]
 
     # -- properties
 
     @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def State(self) -> "s":
         return str(self._dictation.state)
 
     @dbus_property()
+    @_dbus_errors
     def Enabled(self) -> "b":
         return self._dictation.enabled
 
     @Enabled.setter
-    def Enabled(self, value: "b") -> None:
+    @_dbus_errors
+    async def Enabled(self, value: "b") -> None:
+        await self._serving()
         self._controller.set_enabled(value)
 
     @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def Language(self) -> "s":
         return self._dictation.language
 
     @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def PendingText(self) -> "s":
         return self._dictation.pending_text
 
     @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def Source(self) -> "s":
         return self._controller.source
 
     @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def LastError(self) -> "s":
         return self._dictation.last_error
 
     @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def Level(self) -> "d":
         return self._level
 
@@ -253,9 +313,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         """Announce one core output on the bus."""
         match output:
             case core.StateChanged(state):
-                self.emit_properties_changed({"State": str(state)})
-                if state not in (core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING):
+                if state not in LEVEL_STATES:
+                    # Before the State change, so no Level update follows a state without sound.
                     self.set_level(0.0)
+                self.emit_properties_changed({"State": str(state)})
             case core.TranscriptEmitted(text, final, item_id):
                 self.Transcript(text, final, item_id)
             case core.PendingTextChanged(text):
@@ -273,12 +334,50 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     def set_level(self, level: float) -> None:
         """The daemon rate-limits this to at most 10 updates a second while listening."""
+        level = float(level)
         if level != self._level:
             self._level = level
             self.emit_properties_changed({"Level": level})
 
     def source_changed(self, source: str) -> None:
-        self.emit_properties_changed({"Source": source})
+        """Announce ``Source`` when it differs from what was last announced."""
+        if source != self._source:
+            self._source = source
+            self.emit_properties_changed({"Source": source})
+
+    def check_arguments(self, message: Message) -> bool:
+        """A bus message handler: refuse calls whose arguments have the wrong D-Bus type.
+
+        dbus-next would answer a wrong method signature with ``UnknownMethod``
+        and a wrongly typed ``Enabled`` with ``InvalidSignature``; the D-Bus
+        specification's answer to both is ``InvalidArgs``. Returns False to
+        let every other message through.
+        """
+        if message.message_type != MessageType.METHOD_CALL or message.path != OBJECT_PATH:
+            return False
+        if self._signatures is None:
+            introspection = self.introspect()
+            self._signatures = (
+                {m.name: m.in_signature for m in introspection.methods},
+                {p.name: p.signature for p in introspection.properties},
+            )
+        methods, types = self._signatures
+        if message.interface == INTERFACE:
+            expected = methods.get(message.member)
+            if expected is not None and message.signature != expected:
+                arguments = f"one argument of type '{expected}'" if expected else "no arguments"
+                raise DBusError(
+                    ErrorType.INVALID_ARGS,
+                    f"{message.member} takes {arguments}, not '{message.signature}'",
+                )
+        elif message.interface == PROPERTIES and message.member == "Set" and message.signature == "ssv":
+            interface, name, value = message.body
+            if interface == INTERFACE and name in types and value.signature != types[name]:
+                raise DBusError(
+                    ErrorType.INVALID_ARGS,
+                    f"{name} is of type '{types[name]}'{_TYPE_NAMES.get(types[name], '')}, not '{value.signature}'",
+                )
+        return False
 
 
 async def export(controller: Controller) -> tuple[MessageBus, SttdInterface]:
@@ -287,11 +386,35 @@ async def export(controller: Controller) -> tuple[MessageBus, SttdInterface]:
     Raises :class:`SttdError` when another sttd already owns the name; the
     name is requested without queueing, so a second daemon exits at once.
     """
-    bus = await MessageBus().connect()
+    bus, interface = await connect(controller)
+    await own_name(bus)
+    interface.serve()
+    return bus, interface
+
+
+async def connect(controller: Controller) -> tuple[MessageBus, SttdInterface]:
+    """Connect to the session bus and export the interface, without owning the name yet.
+
+    Calls wait until :meth:`SttdInterface.serve` is called.
+    """
+    try:
+        bus = await MessageBus().connect()
+    except (OSError, ValueError, DBusError) as exc:
+        raise SttdError(f"cannot connect to the session bus: {exc}") from None
+    logging.getLogger("asyncio").addFilter(_ANSWERED_ERRORS)  # idempotent
     interface = SttdInterface(controller)
+    bus.add_message_handler(interface.check_arguments)
     bus.export(OBJECT_PATH, interface)
+    return bus, interface
+
+
+async def own_name(bus: MessageBus) -> None:
+    """Own :data:`BUS_NAME`; from here on the bus delivers calls (and activating ones).
+
+    Raises :class:`SttdError` (and disconnects) when another sttd owns it:
+    the name is requested without queueing, so a second daemon exits at once.
+    """
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         bus.disconnect()
         raise SttdError(f"another sttd already owns {BUS_NAME} on this session bus")
-    return bus, interface
