@@ -61,6 +61,12 @@ class AudioError(SttdError):
     dbus_name = "Audio"
 
 
+class OutputError(SttdError):
+    """A built-in output (typing, clipboard) cannot work: the message says what to install or set."""
+
+    dbus_name = "Output"
+
+
 class SessionError(SttdError):
     """The Realtime session failed.
 
