@@ -1,0 +1,224 @@
+"""Whisper (faster-whisper, CTranslate2) in one worker thread, never on the event loop.
+
+One :class:`Transcriber` per engine process owns the model and a
+single-thread executor: the model is loaded there at start-up (then warmed
+up with a second of silence, so the first utterance is not the slow one),
+and every turn is transcribed there in the order it was committed. On a
+2-core machine one turn at a time is as fast as it gets; CTranslate2 uses
+``threads`` cores for that one turn.
+
+Whisper always encodes a 30 s window, so a short utterance costs about the
+same as a long one (≈ 0.8 s for Whisper base, int8, on 2 cores). Language
+detection would encode the window a second time; with no language set, the
+model instead detects it from the encoder output it decodes with
+(faster-whisper's ``multilingual`` mode), which is the same decision at
+half the cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+BEAM_SIZE = 5
+TEMPERATURES = (0.0, 0.4, 0.8)
+"""Fallback temperatures when a decode looks like a failure (repetition, low probability)."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """``[local]``: which model, where it runs."""
+
+    model: str = "base.en"
+    """A faster-whisper model name (fetched by its loader on first use) or a directory."""
+    device: str = "cpu"
+    compute_type: str = "int8"
+    threads: int = 0
+    """0: every core this process may run on."""
+
+    @property
+    def name(self) -> str:
+        """What ``session.updated`` reports as the transcription model."""
+        path = os.path.expanduser(self.model)
+        return os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else self.model
+
+
+@dataclass(frozen=True)
+class Request:
+    """One committed turn to transcribe."""
+
+    audio: npt.NDArray[np.float32]
+    """16 kHz mono, full scale 1.0."""
+    language: str = ""
+    """ISO-639-1, or "" to detect it."""
+    prompt: str = ""
+    vad_threshold: float | None = None
+    """Drop what Silero VAD does not call speech first (client commits, whose audio no VAD cut)."""
+
+
+class ModelUnavailableError(Exception):
+    """The model could not be loaded; every turn fails with this message."""
+
+
+def supported_languages() -> frozenset[str]:
+    """Language codes Whisper knows (without loading a model)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class Transcriber:
+    """The model and its worker thread."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        self._model: Any = None
+        self._loaded: Future[None] | None = None
+        self.load_error: str | None = None
+
+    def start_loading(self) -> Future[None]:
+        """Load (and warm up) the model in the worker; idempotent."""
+        if self._loaded is None:
+            self._loaded = self._executor.submit(self._load)
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def _load(self) -> None:
+        s = self.settings
+        started = time.monotonic()
+        threads = s.threads or cpu_count()
+        try:
+            from faster_whisper import WhisperModel  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            model = WhisperModel(
+                os.path.expanduser(s.model),
+                device=s.device,
+                compute_type=s.compute_type,
+                cpu_threads=threads,
+                num_workers=1,
+            )
+        except Exception as exc:  # anything the loader raises: a missing file, no network, a bad compute type
+            self.load_error = f"cannot load the model {s.model!r}: {exc.__class__.__name__}: {exc}"
+            logger.error("%s", self.load_error)
+            raise ModelUnavailableError(self.load_error) from None
+        self._model = model
+        loaded = time.monotonic()
+        list(self._segments(Request(np.zeros(16000, dtype=np.float32), language="en"), threading.Event()))
+        logger.info(
+            "model %s loaded in %.1f s (warm-up %.1f s) on %s, %s, %d threads",
+            s.name,
+            loaded - started,
+            time.monotonic() - loaded,
+            s.device,
+            s.compute_type,
+            threads,
+        )
+
+    def _segments(self, request: Request, abandoned: threading.Event) -> list[str]:
+        """Transcribe in the worker thread; returns the segment texts (used for the warm-up)."""
+        return list(self._iter_segments(request, abandoned))
+
+    def _iter_segments(self, request: Request, abandoned: threading.Event) -> Any:
+        model = self._model
+        language: str | None = request.language or None
+        multilingual = False
+        if language is None and model.model.is_multilingual:
+            # Detect from the decoding window's own encoder output (see the module docstring).
+            language, multilingual = "en", True
+        options: dict[str, Any] = {}
+        if request.vad_threshold is not None:
+            options = {"vad_filter": True, "vad_parameters": {"threshold": request.vad_threshold}}
+        segments, _ = model.transcribe(
+            request.audio,
+            language=language,
+            multilingual=multilingual,
+            initial_prompt=request.prompt or None,
+            beam_size=BEAM_SIZE,
+            temperature=list(TEMPERATURES),
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            **options,
+        )
+        for segment in segments:
+            yield segment.text
+            if abandoned.is_set():
+                return
+
+    async def transcribe(self, request: Request) -> AsyncIterator[str]:
+        """The transcript of one turn, segment by segment, as the worker produces them.
+
+        Raises :class:`ModelUnavailableError` when the model could not be
+        loaded; any other exception is a failed transcription. Stopping the
+        iteration early (or cancelling its task) tells the worker to stop
+        after the segment it is on.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        abandoned = threading.Event()
+
+        def put(kind: str, value: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def never_ran(future: Future[None]) -> None:
+            if future.cancelled():
+                put("error", ModelUnavailableError("the engine is shutting down"))
+
+        def work() -> None:
+            if self._model is None:
+                put("error", ModelUnavailableError(self.load_error or "the model is not loaded"))
+                return
+            try:
+                for text in self._iter_segments(request, abandoned):
+                    put("text", text)
+            except Exception as exc:  # reported to the session as a failed transcription
+                put("error", exc)
+            else:
+                put("done", None)
+
+        self.start_loading()
+        try:
+            future = self._executor.submit(work)
+        except RuntimeError:  # shut down
+            raise ModelUnavailableError("the engine is shutting down") from None
+        future.add_done_callback(never_ran)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            abandoned.set()
+            future.cancel()
+
+    def close(self) -> None:
+        """Stop taking work; a transcription in progress finishes in the background."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
