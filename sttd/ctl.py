@@ -178,12 +178,14 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
         "source": props["Source"],
         "transcript": props["PendingText"],
         "last_error": props["LastError"],
+        "engine": props.get("Engine", ""),
     }
     if as_json:
         print(json.dumps(status, ensure_ascii=False))
         return
     print(f"state:      {status['state']}{'' if status['enabled'] else ' (disabled)'}")
     print(f"language:   {status['language'] or 'auto'}")
+    print(f"engine:     {status['engine'] or 'none'}")
     print(f"source:     {status['source'] or 'default'}")
     print(f"pending:    {status['transcript']}")
     if status["last_error"]:

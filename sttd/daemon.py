@@ -16,11 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+from dbus_next.aio import MessageBus
+
 from . import __version__, audio, config, core, logsetup
 from . import state as persisted
-from .credentials import CredentialSource, find_api_key
-from .dbus_service import SttdInterface, export
+from .credentials import ApiKey, CredentialSource, find_api_key
+from .dbus_service import SttdInterface, connect, own_name
+from .engine.supervisor import EngineEndpoint, EngineError, EngineProcess, engine_available
 from .errors import AudioError, ConfigError, CredentialsError, SessionError, SttdError
+from .hooks import HookRunner
 from .microphone import Microphone
 from .protocol import ServerEvent
 from .realtime import RealtimeSession, SessionOptions
@@ -32,24 +36,57 @@ LEVEL_INTERVAL_S = 0.1
 """Level updates go out at most ten times a second."""
 SHUTDOWN_FLUSH_S = 5.0
 """On SIGTERM, how long a running dictation may take to deliver its last words."""
+ENGINE_WAIT_S = 60.0
+"""How long Start waits for the local engine to listen (it may be starting or restarting)."""
+ENGINE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Pauses before restarting a local engine that died, by consecutive failures."""
+ENGINE_STABLE_S = 60.0
+"""An engine that ran this long before dying starts the backoff afresh."""
+NO_ENGINE = (
+    "no transcription engine: set OPENAI_API_KEY (or [realtime] api_key_file) to use OpenAI, "
+    "or install the offline engine (pip install 'sttd[local]') and set [realtime] engine = \"local\""
+)
+
+
+def choose_engine(cfg: config.Config) -> str:
+    """``openai``, ``local`` or ``""`` (neither is usable) for ``[realtime] engine``."""
+    wanted = cfg.realtime.engine
+    if wanted != "auto":
+        return wanted
+    try:
+        has_credentials = bool(cfg.realtime.token_url) or find_api_key(cfg.realtime.api_key_file) is not None
+    except CredentialsError:
+        has_credentials = True  # a configured key file that cannot be read: OpenAI's error says why
+    if has_credentials:
+        return "openai"
+    return "local" if engine_available() else ""
 
 
 class Daemon:
     """Implements the D-Bus :class:`~sttd.dbus_service.Controller` and the session listener."""
 
-    def __init__(self, cfg: config.Config, config_path: Path | None, state_path: Path) -> None:
+    def __init__(self, cfg: config.Config, config_path: Path | None, state_path: Path, log_level: str = "INFO") -> None:
         self._config = cfg
+        self._log_level = log_level
+        self._engine = choose_engine(cfg)
+        self._endpoint: EngineEndpoint | None = None
+        self._engine_up = asyncio.Event()
+        self._engine_problem = ""
+        self._engine_task: asyncio.Task[None] | None = None
         self._config_path = config_path
         self._state_path = state_path
         saved = persisted.load(state_path)
         language = saved.language if saved.language is not None else cfg.realtime.language
         self._dictation = core.Dictation(enabled=saved.enabled, language=language, triggers=_triggers(cfg))
         self._notifier = Notifier()
+        self._hooks = HookRunner(cfg.hooks, cfg.output, on_error=self._hook_failed)
         self._interface: SttdInterface | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._shutdown = asyncio.Event()
         self._session: RealtimeSession | None = None
-        self._microphone = Microphone(cfg.audio, on_problem=self._audio_problem, on_level=self._audio_level)
+        self._microphone = Microphone(
+            cfg.audio, on_problem=self._audio_problem, on_level=self._audio_level, on_source=self._audio_source
+        )
         self._dictation_task: asyncio.Task[None] | None = None
         self._discarding = False
         self._last_level_at = 0.0
@@ -59,24 +96,36 @@ class Daemon:
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT. Raises :class:`SttdError` when the bus name is taken."""
         loop = asyncio.get_running_loop()
-        bus, self._interface = await export(self)
+        bus, self._interface = await connect(self)
+        # Calls (including the one that activated us) wait until serve(): by
+        # then the task group that runs dictations exists.
+        await own_name(bus)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
+                self._interface.serve()
+                bus_watch = tg.create_task(self._shutdown_when_disconnected(bus), name="bus-watch")
+                hooks = tg.create_task(self._hooks.run(), name="hooks")
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._shutdown.set)
                 loop.add_signal_handler(signal.SIGHUP, self.reload)
+                self._apply_engine()
                 watchdog = None
                 if self._notifier.watchdog_interval_s:
                     watchdog = tg.create_task(self._watchdog(self._notifier.watchdog_interval_s))
                 if self._microphone.keeps_open:
                     tg.create_task(self._open_for_preroll(), name="preroll")
                 self._notifier.ready(self._status_line())
-                logger.info("sttd %s ready on the session bus", __version__)
+                logger.info("sttd %s ready on the session bus", __version__, extra=logsetup.event("ready"))
                 await self._shutdown.wait()
                 self._notifier.stopping()
                 await self._stop_for_shutdown()
+                if self._engine_task is not None:
+                    self._engine_task.cancel()
+                await self._finish_hooks()
+                hooks.cancel()
                 self._tasks = None
+                bus_watch.cancel()
                 if watchdog is not None:
                     watchdog.cancel()
                 await self._microphone.close()
@@ -84,7 +133,14 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             bus.disconnect()
-        logger.info("stopped")
+        logger.info("stopped", extra=logsetup.event("stopped"))
+
+    async def _shutdown_when_disconnected(self, bus: MessageBus) -> None:
+        # Without its bus nobody can reach sttd; systemd or activation brings it back.
+        await bus.wait_for_disconnect()
+        if not self._shutdown.is_set():
+            logger.error("lost the session bus connection; shutting down")
+            self._shutdown.set()
 
     async def _stop_for_shutdown(self) -> None:
         task = self._dictation_task
@@ -104,6 +160,20 @@ class Daemon:
         except AudioError as exc:
             logger.warning("pre-roll: cannot open the microphone yet (%s); Start will try again", exc)
 
+    def _update_live_session(self, old: config.Config, new: config.Config) -> None:
+        """Model, prompt, turn detection and noise reduction reach a running dictation at once."""
+        language = self._dictation.language
+        settings = new.session_settings(language)
+        if self._session is not None and self._tasks is not None and settings != old.session_settings(language):
+            self._tasks.create_task(self._session.update(settings), name="session-update")
+
+    async def _finish_hooks(self) -> None:
+        # The last words of a dictation are typed and their hooks run before sttd exits, within a bound.
+        try:
+            await asyncio.wait_for(self._hooks.join(), SHUTDOWN_FLUSH_S)
+        except TimeoutError:
+            logger.warning("hooks still running %.0f s after SIGTERM; stopping them", SHUTDOWN_FLUSH_S)
+
     async def _watchdog(self, interval: float) -> None:
         # Sent from the event loop itself: if the loop is stuck, systemd notices.
         while True:
@@ -116,14 +186,80 @@ class Daemon:
         try:
             new = config.load(self._config_path)
         except ConfigError as exc:
-            logger.error("reload refused, keeping the running configuration: %s", exc)
+            logger.error(
+                "reload refused, keeping the running configuration: %s", exc, extra=logsetup.event("reload-refused")
+            )
         else:
-            self._config = new
+            restart = new.local != self._config.local
+            old, self._config = self._config, new
+            self._update_live_session(old, new)
             self._dictation.set_triggers(_triggers(new))
+            self._engine = choose_engine(new)
+            self._apply_engine(restart=restart)
+            if self._interface is not None:
+                self._interface.engine_changed(self._engine)
+            self._hooks.reconfigure(new.hooks, new.output)
             if self._tasks is not None:
                 self._tasks.create_task(self._microphone.reconfigure(new.audio), name="reconfigure-audio")
-            logger.info("configuration reloaded (the Realtime settings apply from the next dictation)")
+            logger.info("configuration reloaded", extra=logsetup.event("reloaded"))
         self._notifier.ready(self._status_line())
+
+    # -- the transcription engine
+
+    @property
+    def engine(self) -> str:
+        """The transcription engine in use: ``openai``, ``local`` or ``""`` (none usable)."""
+        return self._engine
+
+    def _apply_engine(self, restart: bool = False) -> None:
+        """Run the local engine exactly when it is the chosen one (at start-up and on reload)."""
+        logger.info("transcription engine: %s", self._engine or "none (" + NO_ENGINE + ")")
+        running = self._engine_task is not None and not self._engine_task.done()
+        if running and (self._engine != "local" or restart):
+            assert self._engine_task is not None
+            self._engine_task.cancel()
+            running = False
+        if self._engine == "local" and not running and self._tasks is not None:
+            self._engine_task = self._tasks.create_task(self._run_local_engine(), name="local-engine")
+
+    async def _run_local_engine(self) -> None:
+        """Keep the local engine running: restarted with backoff when it dies."""
+        failures = 0
+        while True:
+            process = EngineProcess(self._config.local, log_level=self._log_level)
+            started = time.monotonic()
+            try:
+                async with process as endpoint:
+                    self._endpoint, self._engine_problem = endpoint, ""
+                    self._engine_up.set()
+                    code = await process.wait()
+                self._engine_problem = f"the local engine exited with code {code}"
+            except EngineError as exc:
+                self._engine_problem = str(exc)
+            finally:
+                self._endpoint = None
+                self._engine_up.clear()
+            logger.error("%s", self._engine_problem)
+            failures = 1 if time.monotonic() - started >= ENGINE_STABLE_S else failures + 1
+            await asyncio.sleep(ENGINE_BACKOFF_S[min(failures, len(ENGINE_BACKOFF_S)) - 1])
+
+    async def _local_endpoint(self) -> EngineEndpoint:
+        try:
+            await asyncio.wait_for(self._engine_up.wait(), ENGINE_WAIT_S)
+        except TimeoutError:
+            problem = self._engine_problem or "it did not start in time"
+            raise SessionError(f"the local engine is not running: {problem}", retryable=False, code="engine") from None
+        assert self._endpoint is not None
+        return self._endpoint
+
+    async def _connection(self, cfg: config.Config) -> tuple[str, CredentialSource]:
+        """Where the chosen engine listens, and the credentials it takes."""
+        if self._engine == "local":
+            endpoint = await self._local_endpoint()
+            return endpoint.url, CredentialSource(ApiKey(endpoint.api_key, "the local engine"))
+        if not self._engine:
+            raise CredentialsError(NO_ENGINE)
+        return cfg.realtime.url, CredentialSource(find_api_key(cfg.realtime.api_key_file), cfg.realtime.token_url)
 
     # -- Controller: what D-Bus calls
 
@@ -213,9 +349,9 @@ class Daemon:
         """Capture first, so nothing said while connecting is lost; then run the session."""
         cfg = self._config
         try:
-            credentials = CredentialSource(find_api_key(cfg.realtime.api_key_file), cfg.realtime.token_url)
+            url, credentials = await self._connection(cfg)
             options = SessionOptions(
-                url=cfg.realtime.url,
+                url=url,
                 settings=cfg.session_settings(self._dictation.language),
                 max_reconnect_attempts=cfg.realtime.max_reconnect_attempts,
             )
@@ -250,7 +386,7 @@ class Daemon:
         self._publish()
 
     def _fail(self, code: str, message: str) -> None:
-        logger.error("dictation failed: %s", message)
+        logger.error("dictation failed: %s", message, extra=logsetup.event("dictation-failed", code=code))
         self._dictation.session_failed(code, message)
         self._publish()
 
@@ -260,6 +396,9 @@ class Daemon:
         self._dictation.report_problem(message)
         self._source_changed()
         self._publish()
+
+    def _audio_source(self, name: str) -> None:
+        self._source_changed()
 
     def _audio_level(self, level: float) -> None:
         now = time.monotonic()
@@ -276,11 +415,29 @@ class Daemon:
     # -- outputs
 
     def _publish(self) -> None:
+        language = self._dictation.language
+        said_in = ""  # the utterance a voice trigger in this batch was said in ("" for D-Bus Send/Purge)
         for output in self._dictation.take_outputs():
             if self._interface is not None:
                 self._interface.publish(output)
-            if isinstance(output, core.StateChanged):
-                self._notifier.status(self._status_line())
+            match output:
+                case core.StateChanged():
+                    self._notifier.status(self._status_line())
+                case core.TranscriptEmitted(final=True, item_id=item_id):
+                    said_in = item_id
+                case core.TextCommitted(text, item_id):
+                    self._hooks.submit("transcript", text, language=language, item_id=item_id)
+                case core.Triggered(name="send", text=text):
+                    self._hooks.submit("send", text, language=language, item_id=said_in)
+                case core.Triggered(name="purge", text=text):
+                    self._hooks.submit("purge", text, language=language, item_id=said_in)
+
+    def _hook_failed(self, code: str, message: str) -> None:
+        """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""
+        self._dictation.report_problem(message)
+        if self._interface is not None:
+            self._interface.publish(core.ErrorRaised(code, message))
+        self._publish()
 
     def _status_line(self) -> str:
         state = self._dictation.state
@@ -299,7 +456,7 @@ def _triggers(cfg: config.Config) -> core.Triggers:
     return core.Triggers(cfg.triggers.send, cfg.triggers.purge, cfg.triggers.position)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sttd", description="Speech-to-text daemon (D-Bus: io.github.sttd.Sttd1).")
     parser.add_argument(
         "--config", type=Path, metavar="PATH", help="config file (default: $XDG_CONFIG_HOME/sttd/config.toml)"
@@ -309,7 +466,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper, metavar="LEVEL"
     )
     parser.add_argument("--version", action="version", version=f"sttd {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,11 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sttd: {args.config or config.default_path()}: configuration is valid")
         return 0
     logsetup.setup(args.log_level)
-    daemon = Daemon(cfg, args.config, persisted.default_path())
+    daemon = Daemon(cfg, args.config, persisted.default_path(), log_level=args.log_level)
     try:
         asyncio.run(daemon.run())
     except SttdError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", exc, extra=logsetup.event("start-failed"))
         return 1
     return 0
 

@@ -59,6 +59,9 @@ class Controller(Protocol):
     @property
     def source(self) -> str: ...
 
+    @property
+    def engine(self) -> str: ...
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -285,6 +288,11 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
+    def Engine(self) -> "s":
+        return self._controller.engine
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def LastError(self) -> "s":
         return self._dictation.last_error
 
@@ -344,6 +352,9 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         if source != self._source:
             self._source = source
             self.emit_properties_changed({"Source": source})
+
+    def engine_changed(self, engine: str) -> None:
+        self.emit_properties_changed({"Engine": engine})
 
     def check_arguments(self, message: Message) -> bool:
         """A bus message handler: refuse calls whose arguments have the wrong D-Bus type.

@@ -32,10 +32,12 @@ class Microphone:
         *,
         on_problem: Callable[[str], None],
         on_level: Callable[[float], None],
+        on_source: Callable[[str], None],
     ) -> None:
         self._config = config
         self._on_problem = on_problem
         self._on_level = on_level
+        self._on_source = on_source
         self._capture: audio.Capture | None = None
         self._sink: FrameSink | None = None
         self._ring: deque[bytes] = deque(maxlen=self._ring_frames(config))
@@ -63,6 +65,7 @@ class Microphone:
             on_frame=self._frame,
             on_problem=self._on_problem,
             on_level=self._on_level,
+            on_source=self._on_source,
         )
         await capture.start()
         self._capture = capture
@@ -79,9 +82,7 @@ class Microphone:
         Closes the stream unless pre-roll keeps it open.
         """
         if not self.keeps_open:
-            await self.close()
-            # Frames the capture thread queued on the loop before it stopped.
-            await asyncio.sleep(0)
+            await self.close()  # delivers every frame captured before it returns
         self._sink = None
 
     async def close(self) -> None:

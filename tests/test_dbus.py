@@ -409,7 +409,16 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
     # What that means to a client: every property announces its changes, only Enabled is writable.
     table = clients.ok(require("busctl"), "--user", "introspect", NAME, PATH, IFACE)
     properties = {line.split()[0]: line for line in table.splitlines() if " property " in line}
-    assert set(properties) == {".State", ".Enabled", ".Language", ".PendingText", ".Source", ".LastError", ".Level"}
+    assert set(properties) == {
+        ".State",
+        ".Enabled",
+        ".Language",
+        ".PendingText",
+        ".Source",
+        ".LastError",
+        ".Level",
+        ".Engine",
+    }
     for name, line in properties.items():
         assert "emits-change" in line, line
         assert ("writable" in line) == (name == ".Enabled"), line
@@ -442,6 +451,7 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
         "Source": "",
         "LastError": "",
         "Level": 0.0,
+        "Engine": "openai",  # an API key is configured
     }
     assert dict(zip(expected, clients.busctl_get(*expected), strict=True)) == expected
 
@@ -788,6 +798,7 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
             "source": "",
             "transcript": "",
             "last_error": "",
+            "engine": "openai",
         }
         text = sttd.ctl("status")
         assert text.returncode == 0 and "state:      idle" in text.stdout
