@@ -271,14 +271,18 @@ class Daemon:
     def source(self) -> str:
         return self._microphone.source_name or self._config.audio.source
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Begin a dictation; returns once the microphone is recording (or failed to)."""
         if self._tasks is None:
             raise SttdError("sttd is shutting down")
         if not self._dictation.start():
             return
         self._discarding = False
         self._publish()
-        self._dictation_task = self._tasks.create_task(self._dictate(), name="dictation")
+        recording: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._dictation_task = self._tasks.create_task(self._dictate(recording), name="dictation")
+        # Whoever pressed the hotkey may start talking as soon as Start returns.
+        await asyncio.shield(recording)
 
     def stop(self) -> None:
         if self._dictation.stop():
@@ -293,11 +297,11 @@ class Daemon:
             if self._session is not None:
                 self._session.cancel()
 
-    def toggle(self) -> None:
+    async def toggle(self) -> None:
         if self._dictation.active:
             self.stop()
         else:
-            self.start()
+            await self.start()
 
     def set_language(self, code: str) -> None:
         if not self._dictation.set_language(code):
@@ -345,10 +349,11 @@ class Daemon:
 
     # -- one dictation
 
-    async def _dictate(self) -> None:
+    async def _dictate(self, recording: asyncio.Future[None]) -> None:
         """Capture first, so nothing said while connecting is lost; then run the session."""
         cfg = self._config
         try:
+            await self._open_microphone(recording)
             url, credentials = await self._connection(cfg)
             options = SessionOptions(
                 url=url,
@@ -356,9 +361,11 @@ class Daemon:
                 max_reconnect_attempts=cfg.realtime.max_reconnect_attempts,
             )
             self._session = RealtimeSession(options, credentials, listener=self)
-            await self._microphone.open()
             self._microphone.attach(self._session.send_audio)
-            self._source_changed()
+            if self._discarding:  # Cancel while connecting
+                self._session.cancel()
+            elif self._dictation.stopping:  # Stop while connecting: what was held is still transcribed
+                self._session.finish()
             await self._session.run()
         except CredentialsError as exc:
             self._fail("credentials", str(exc))
@@ -368,6 +375,19 @@ class Daemon:
             self._fail(exc.code, str(exc))
         finally:
             await self._close_dictation()
+
+    async def _open_microphone(self, recording: asyncio.Future[None]) -> None:
+        """Record into a hold buffer until the session exists; tell Start how that went."""
+        try:
+            self._microphone.hold()
+            await self._microphone.open()
+        except AudioError as exc:
+            recording.set_exception(AudioError(str(exc)))
+            raise
+        finally:
+            if not recording.done():
+                recording.set_result(None)
+        self._source_changed()
 
     async def _finish(self) -> None:
         """Stop: every frame captured so far goes to the session, which then flushes."""

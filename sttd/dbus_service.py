@@ -62,13 +62,13 @@ class Controller(Protocol):
     @property
     def engine(self) -> str: ...
 
-    def start(self) -> None: ...
+    async def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
     def cancel(self) -> None: ...
 
-    def toggle(self) -> None: ...
+    async def toggle(self) -> None: ...
 
     def set_language(self, code: str) -> None: ...
 
@@ -208,7 +208,7 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     @_dbus_errors
     async def Start(self) -> None:
         await self._serving()
-        self._controller.start()
+        await self._controller.start()
 
     @method()
     @_dbus_errors
@@ -226,7 +226,7 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     @_dbus_errors
     async def Toggle(self) -> None:
         await self._serving()
-        self._controller.toggle()
+        await self._controller.toggle()
 
     @method()
     @_dbus_errors

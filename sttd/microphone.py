@@ -21,6 +21,8 @@ from .config import AudioConfig
 logger = logging.getLogger(__name__)
 
 FrameSink = Callable[[bytes], None]
+HOLD_S = 120
+"""How much audio Start keeps while the session is still being set up (a slow engine start)."""
 
 
 class Microphone:
@@ -41,6 +43,8 @@ class Microphone:
         self._capture: audio.Capture | None = None
         self._sink: FrameSink | None = None
         self._ring: deque[bytes] = deque(maxlen=self._ring_frames(config))
+        self._held: deque[bytes] = deque()
+        self._opening = asyncio.Lock()  # Start and the pre-roll may both open it
 
     @staticmethod
     def _ring_frames(config: AudioConfig) -> int:
@@ -56,8 +60,11 @@ class Microphone:
 
     async def open(self) -> None:
         """Start recording if not already; raises :class:`~sttd.errors.AudioError`. Safe to cancel."""
-        if self._capture is not None:
-            return
+        async with self._opening:
+            if self._capture is None:
+                await self._open()
+
+    async def _open(self) -> None:
         capture = audio.Capture(
             source=self._config.source,
             chunk_ms=self._config.chunk_ms,
@@ -70,10 +77,16 @@ class Microphone:
         await capture.start()
         self._capture = capture
 
+    def hold(self) -> None:
+        """Keep every frame from now on until :meth:`attach`: Start has begun, the session is not ready."""
+        self._held = deque(maxlen=HOLD_S * 1000 // self._config.chunk_ms)
+        self._sink = self._held.append
+
     def attach(self, sink: FrameSink) -> None:
-        """Send frames to ``sink`` from now on, starting with the pre-roll."""
-        while self._ring:
-            sink(self._ring.popleft())
+        """Send frames to ``sink`` from now on, starting with the pre-roll and what was held."""
+        for frames in (self._ring, self._held):
+            while frames:
+                sink(frames.popleft())
         self._sink = sink
 
     async def detach(self) -> None:
@@ -95,7 +108,7 @@ class Microphone:
         changed = (config.source, config.chunk_ms) != (self._config.source, self._config.chunk_ms)
         self._config = config
         self._ring = deque(self._ring, maxlen=self._ring_frames(config))
-        if self._sink is None and (changed or not self.keeps_open):
+        if self._sink is None and changed:
             await self.close()
             if self.keeps_open:
                 await self.open()

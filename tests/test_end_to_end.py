@@ -11,9 +11,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from .bus import SessionBus
+from sttd import protocol as p
+
+from .bus import SessionBus, wait_until
 from .daemon import Listener, Sttd, sttctl, write_config
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, pcm, speech_wav, wav_samples, xcorr_similarity
@@ -178,3 +181,56 @@ def test_a_language_change_while_listening_reaches_the_live_session(
     assert realtime_server.sessions()[0].config["audio"]["input"]["transcription"]["language"] == "fr"
     assert sttd.ctl("stop").returncode == 0
     sttd.wait_state("idle")
+
+
+def test_speech_starting_with_start_arrives_whole_despite_a_slow_handshake(
+    tmp_path: Path, sttd: Sttd, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    realtime_server.configure(handshake_delay_s=1.0)
+    wav = speech_wav("the first words are never lost", tmp_path / "first.wav")
+    # The user presses the hotkey and speaks at once: Start returns when recording has begun.
+    assert sttd.ctl("start").returncode == 0
+    pulse_server.play(wav)
+    assert sttd.status()["state"] in ("connecting", "listening", "speaking")
+    played = wav_samples(wav)
+    received = pcm(realtime_server.wait_for_audio(len(played) * 2, timeout=15))
+    # Its first 500 ms reached the server, although the session took over a second to open.
+    head = played[: p.SAMPLE_RATE // 2]
+    assert xcorr_similarity(head, received) >= 0.95
+    assert sttd.ctl("stop").returncode == 0
+    sttd.wait_state("idle")
+
+
+def test_an_idle_daemon_keeps_the_microphone_closed(sttd: Sttd, pulse_server: SoundServer) -> None:
+    assert pulse_server.source_outputs() == []
+    assert sttd.ctl("start").returncode == 0
+    sttd.wait_state("listening")
+    assert len(pulse_server.source_outputs()) == 1
+    assert sttd.ctl("stop").returncode == 0
+    sttd.wait_state("idle")
+    wait_until(lambda: pulse_server.source_outputs() == [], 10, "the record stream to close")
+
+
+def test_preroll_sends_what_was_said_just_before_start(
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    config = write_config(tmp_path / "config.toml", realtime_server.url, extra="[audio]\npreroll_ms = 1500")
+    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
+    daemon = Sttd(tmp_path, env, config)
+    try:
+        daemon.wait_ready()
+        wait_until(lambda: len(pulse_server.source_outputs()) == 1, 10, "the pre-roll stream to open")
+        wav = speech_wav("said before start", tmp_path / "before.wav")
+        pulse_server.play(wav)
+        assert daemon.ctl("start").returncode == 0
+        daemon.wait_state("listening")
+        played = wav_samples(wav)
+        end = int(np.flatnonzero(np.abs(played) > 1000)[-1])
+        tail = played[end - p.SAMPLE_RATE // 2 : end]  # the last 500 ms of speech, well inside the 1.5 s ring
+        received = pcm(realtime_server.wait_for_audio(p.SAMPLE_RATE * 2, timeout=10))
+        assert xcorr_similarity(tail, received[: p.SAMPLE_RATE * 2]) >= 0.95
+        assert daemon.ctl("stop").returncode == 0
+        daemon.wait_state("idle")
+        assert len(pulse_server.source_outputs()) == 1  # still open, by request
+    finally:
+        daemon.kill()
