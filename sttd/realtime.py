@@ -115,6 +115,7 @@ class AudioLedger:
         self._backlog_bytes = 0
         self._limit = backlog_bytes
         self.dropped_bytes = 0
+        self._in_flight = False
         self._log = bytearray()
         self._log_start = 0  # byte offset of _log[0] on the connection's timeline
         self._sent = 0  # bytes sent on this connection
@@ -129,8 +130,11 @@ class AudioLedger:
     def add(self, pcm: bytes) -> None:
         self._backlog.append(pcm)
         self._backlog_bytes += len(pcm)
-        while self._backlog_bytes > self._limit and len(self._backlog) > 1:
-            old = self._backlog.popleft()
+        # Drop the oldest audio beyond the bound, but never the frame being written right now.
+        oldest = 1 if self._in_flight else 0
+        while self._backlog_bytes > self._limit and len(self._backlog) > oldest + 1:
+            old = self._backlog[oldest]
+            del self._backlog[oldest]
             self._backlog_bytes -= len(old)
             self.dropped_bytes += len(old)
 
@@ -139,13 +143,17 @@ class AudioLedger:
         return not self._backlog
 
     def next_frame(self) -> bytes | None:
+        """The oldest frame not yet sent; it stays queued until :meth:`sent` says it went out."""
         if not self._backlog:
             return None
+        self._in_flight = True
+        return self._backlog[0]
+
+    def sent(self) -> None:
+        """The frame :meth:`next_frame` returned was written to the connection."""
+        self._in_flight = False
         pcm = self._backlog.popleft()
         self._backlog_bytes -= len(pcm)
-        return pcm
-
-    def sent(self, pcm: bytes) -> None:
         self._log += pcm
         self._sent += len(pcm)
 
@@ -194,6 +202,7 @@ class AudioLedger:
 
     def connection_lost(self) -> int:
         """Put the unconfirmed audio back in front of the backlog; returns its length in ms."""
+        self._in_flight = False  # that frame was not confirmed written: it goes again
         replay = bytes(self._log)
         if replay:
             self._backlog.appendleft(replay)
@@ -402,8 +411,9 @@ class RealtimeSession:
         flush_deadline = 0.0
         while True:
             while (pcm := self._ledger.next_frame()) is not None:
+                # If the connection dies during this send, the frame stays queued for the next one.
                 await ws.send(json.dumps(self._events.append(pcm)))
-                self._ledger.sent(pcm)
+                self._ledger.sent()
             if self._phase is _Phase.CANCELLED:
                 return
             if self._phase is _Phase.FINISHING:

@@ -361,6 +361,10 @@ def test_audio_beyond_the_backlog_bound_is_dropped_and_counted() -> None:
     assert ledger.dropped_bytes == 5 * 1920
     first = ledger.next_frame()
     assert first is not None and first[0] == 5  # the oldest were dropped, the newest kept
+    assert ledger.next_frame() is first  # not sent yet: still first in line
+    ledger.sent()
+    second = ledger.next_frame()
+    assert second is not None and second[0] == 6
 
 
 def test_a_world_readable_key_file_is_warned_about(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
