@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,13 @@ FATAL_CLOSE_CODES = {
 }
 
 MAX_DURATION_HINT = "maximum duration"
+IDLE_REPLAY_BYTES = 2000 * p.BYTES_PER_MS
+"""After a drop with no turn owed, the audio resent: the last 2 s (a word the VAD had not flagged yet)."""
+REPLAY_FRAME_BYTES = 100 * p.BYTES_PER_MS
+"""Resent audio goes out in 100 ms appends, not one event the size of the whole log."""
+FLUSH_GRACE_S = 0.3
+"""On Stop, how long to wait for the service to notice speech in the last frames before deciding
+there is nothing to commit (its VAD reports speech_started a little after the audio)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,17 @@ class SessionOptions:
     backoff_max_s: float = 8.0
 
 
+Target = Callable[[], Awaitable[tuple[str, CredentialSource]]]
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
 class SessionListener(Protocol):
     """What the session reports; called on the event loop, must not block."""
 
@@ -91,9 +110,11 @@ class _Phase(enum.Enum):
 class _Retry(Exception):
     """The connection ended in a way another connection may fix."""
 
-    def __init__(self, reason: str, *, counts: bool = True) -> None:
+    def __init__(self, reason: str, *, counts: bool = True, planned: bool = False) -> None:
         super().__init__(reason)
         self.counts = counts
+        self.planned = planned
+        """Our own rollover between turns: nothing is owed, nothing to announce."""
 
 
 @dataclass
@@ -101,6 +122,20 @@ class _Turn:
     item_id: str
     end_ms: int
     done: bool = False
+
+
+class _Flush:
+    """The bounds of one Stop's flush."""
+
+    def __init__(self, now: float, timeout_s: float) -> None:
+        self.deadline = now + timeout_s
+        self.grace_until = now + FLUSH_GRACE_S
+        self.committed = False
+
+    def next_check(self) -> float:
+        now = time.monotonic()
+        wake = self.grace_until if now < self.grace_until else self.deadline
+        return max(0.0, wake - now)
 
 
 class AudioLedger:
@@ -204,9 +239,13 @@ class AudioLedger:
         """Put the unconfirmed audio back in front of the backlog; returns its length in ms."""
         self._in_flight = False  # that frame was not confirmed written: it goes again
         replay = bytes(self._log)
-        if replay:
-            self._backlog.appendleft(replay)
-            self._backlog_bytes += len(replay)
+        if not (self._turns or self.in_speech or self.awaiting_commit):
+            # Nothing owed: only the last moments, where speech may have begun unnoticed.
+            replay = replay[-IDLE_REPLAY_BYTES:]
+        replay = replay[-self._limit :]
+        frames = [replay[i : i + REPLAY_FRAME_BYTES] for i in range(0, len(replay), REPLAY_FRAME_BYTES)]
+        self._backlog.extendleft(reversed(frames))
+        self._backlog_bytes += len(replay)
         self._log.clear()
         self._log_start = self._sent = self._committed_at = 0
         self._turns.clear()
@@ -223,10 +262,21 @@ class RealtimeSession:
     for transcripts) or :meth:`cancel` (drop everything).
     """
 
-    def __init__(self, options: SessionOptions, credentials: CredentialSource, listener: SessionListener) -> None:
+    def __init__(
+        self,
+        options: SessionOptions,
+        credentials: CredentialSource,
+        listener: SessionListener,
+        *,
+        target: Target | None = None,
+    ) -> None:
+        """``target``, when given, is asked for the URL and credentials before every connection
+        attempt (a local engine that restarted listens on a new port with a new key)."""
         self._options = options
         self._settings = options.settings
         self._credentials = credentials
+        self._target = target or self._fixed_target
+        self._configured = False
         self._listener = listener
         self._events = p.ClientEvents()
         self._ledger = AudioLedger(int(options.backlog_s * 1000) * p.BYTES_PER_MS)
@@ -236,6 +286,9 @@ class RealtimeSession:
         self._ws: ClientConnection | None = None
         self._update_id: str | None = None
         self._done = asyncio.Event()
+
+    async def _fixed_target(self) -> tuple[str, CredentialSource]:
+        return self._options.url, self._credentials
 
     # -- called by the daemon
 
@@ -278,19 +331,25 @@ class RealtimeSession:
         """
         failures = 0
         while self._phase is not _Phase.CANCELLED:
+            self._configured = False
             try:
                 await self._connection()
                 return
             except _Retry as exc:
                 if self._cancelled.is_set():
                     return
+                if self._configured:
+                    failures = 0  # that connection worked: only consecutive failures count
                 failures = failures + 1 if exc.counts else 0
                 if failures > self._options.max_reconnect_attempts:
                     message = f"gave up after {failures} failed connection attempts: {exc}"
                     raise SessionError(message, retryable=False, code="connection") from None
                 replay_ms = self._ledger.connection_lost()
-                logger.warning("connection lost (%s); reconnecting, %d ms of audio to resend", exc, replay_ms)
-                self._listener.session_reconnecting(str(exc))
+                if exc.planned:
+                    logger.info("%s; continuing on a new session", exc)
+                else:
+                    logger.warning("connection lost (%s); reconnecting, %d ms of audio to resend", exc, replay_ms)
+                    self._listener.session_reconnecting(str(exc))
                 if exc.counts:
                     await self._sleep_unless_cancelled(self._backoff(failures))
                 if self._phase is _Phase.FINISHING and self._ledger.backlog_empty:
@@ -306,27 +365,42 @@ class RealtimeSession:
         started = time.monotonic()
         try:
             await self._configure(ws)
+            self._configured = True
             self._listener.session_ready()
             async with asyncio.TaskGroup() as tg:
                 receiver = tg.create_task(self._receive(ws))
                 await self._send(ws, started)
                 receiver.cancel()
-        except* ConnectionClosed as group:
-            raise self._closed(group.exceptions[0]) from None  # type: ignore[arg-type]
-        except* _Retry as group:
-            raise group.exceptions[0] from None
-        except* SessionError as group:
-            raise group.exceptions[0] from None
+        except Exception as exc:
+            raise self._classify(exc) from None
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2)
 
+    def _classify(self, exc: Exception) -> Exception:
+        """What a connection's failure means: fatal (SessionError), worth retrying, or a bug (as is).
+
+        The task group may report several failures at once; the most decisive wins.
+        """
+        leaves = list(_leaves(exc))
+        for kind in (SessionError, _Retry):
+            found = next((e for e in leaves if isinstance(e, kind)), None)
+            if found is not None:
+                return found
+        closed = next((e for e in leaves if isinstance(e, ConnectionClosed)), None)
+        if closed is not None:
+            return self._closed(closed)
+        if any(isinstance(e, TimeoutError) for e in leaves):
+            return _Retry("the service did not answer session.update in time")
+        return exc
+
     async def _open(self) -> ClientConnection:
+        url, self._credentials = await self._target()
         bearer = await self._bearer()
-        logger.info("connecting to %s", self._options.url.split("?")[0])
+        logger.info("connecting to %s", url.split("?")[0])
         try:
             return await connect(
-                self._options.url,
+                url,
                 additional_headers={"Authorization": f"Bearer {bearer}"},
                 open_timeout=self._options.connect_timeout_s,
                 ping_interval=self._options.ping_interval_s,
@@ -407,8 +481,7 @@ class RealtimeSession:
 
     async def _send(self, ws: ClientConnection, started: float) -> None:
         """Write the backlog as it fills; returns when finished or cancelled."""
-        flushed = False
-        flush_deadline = 0.0
+        flush: _Flush | None = None
         while True:
             while (pcm := self._ledger.next_frame()) is not None:
                 # If the connection dies during this send, the frame stays queued for the next one.
@@ -417,26 +490,38 @@ class RealtimeSession:
             if self._phase is _Phase.CANCELLED:
                 return
             if self._phase is _Phase.FINISHING:
-                if not flushed:
-                    flushed, flush_deadline = True, time.monotonic() + self._options.flush_timeout_s
-                    await self._commit_speech_in_progress(ws)
-                if self._flush_complete() or time.monotonic() >= flush_deadline:
-                    if not self._flush_complete():
-                        logger.warning("stopped without %d transcript(s): flush timed out", self._ledger.outstanding)
+                flush = flush or _Flush(time.monotonic(), self._options.flush_timeout_s)
+                if not flush.committed and self._should_commit(flush):
+                    await ws.send(json.dumps(self._events.commit()))
+                    self._ledger.manual_commit()
+                    flush.committed = True
+                if self._flush_done(flush):
                     return
             elif self._rollover_due(started):
-                raise _Retry("session rollover", counts=False)
+                raise _Retry("session rollover before the service's time limit", counts=False, planned=True)
             self._wake.clear()
-            timeout = max(0.0, flush_deadline - time.monotonic()) if flushed else 1.0
+            timeout = flush.next_check() if flush else 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _commit_speech_in_progress(self, ws: ClientConnection) -> None:
+    def _should_commit(self, flush: _Flush) -> bool:
+        """Commit on Stop only speech the service has not committed itself (it refuses < 100 ms)."""
+        if self._ledger.uncommitted_ms < p.MIN_COMMIT_MS:
+            return False
         manual = self._settings.turn_detection.type == "manual"
-        if (manual or self._ledger.in_speech) and self._ledger.uncommitted_ms >= p.MIN_COMMIT_MS:
+        if manual or self._ledger.in_speech:
             logger.debug("flushing %d ms of uncommitted audio", self._ledger.uncommitted_ms)
-            await ws.send(json.dumps(self._events.commit()))
-            self._ledger.manual_commit()
+            return True
+        return False
+
+    def _flush_done(self, flush: _Flush) -> bool:
+        now = time.monotonic()
+        if now >= flush.deadline:
+            if not self._flush_complete():
+                logger.warning("stopped without %d transcript(s): flush timed out", self._ledger.outstanding)
+            return True
+        # Wait out the grace period: speech in the last frames may not be flagged yet.
+        return self._flush_complete() and (flush.committed or now >= flush.grace_until)
 
     def _flush_complete(self) -> bool:
         return not self._ledger.awaiting_commit and self._ledger.outstanding == 0

@@ -377,3 +377,46 @@ def test_a_world_readable_key_file_is_warned_about(tmp_path: Any, caplog: pytest
     assert found is not None and found.value == "sk-file-0123456789"
     assert "readable by other users" in caplog.text
     assert "sk-file-0123456789" not in caplog.text
+
+
+def test_many_drops_in_one_dictation_are_each_recovered(realtime_server: FakeRealtimeServer) -> None:
+    # Only consecutive failures count: four separate drops with a limit of two still lose nothing.
+    realtime_server.configure(drop_mid_utterance="abort", drop_after_ms=200, drop_times=4)
+    h = Harness(realtime_server, max_reconnect_attempts=2)
+    run(lambda: dictate(h, np.concatenate([burst(hz) for hz in PITCHES[:5]])))
+    assert realtime_server.connection_count == 5
+    assert delivered_pitches(h, realtime_server) == PITCHES[:5]
+
+
+class _Ignore:
+    def session_ready(self) -> None: ...
+
+    def session_event(self, event: p.ServerEvent) -> None: ...
+
+    def session_reconnecting(self, reason: str) -> None: ...
+
+
+def test_a_service_that_never_configures_the_session_is_retried_then_given_up() -> None:
+    """Accepts the websocket, then says nothing: a retryable failure, never an unhandled exception."""
+    import websockets
+
+    async def body() -> None:
+        accepted = 0
+
+        async def silent(ws: Any) -> None:
+            nonlocal accepted
+            accepted += 1
+            await ws.wait_closed()
+
+        async with websockets.serve(silent, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            settings = p.SessionSettings(model="gpt-4o-mini-transcribe")
+            opts = SessionOptions(
+                url=f"ws://127.0.0.1:{port}/", settings=settings, connect_timeout_s=0.3, backoff_base_s=0.01
+            )
+            session = RealtimeSession(opts, CredentialSource(ApiKey("sk-x", "test")), listener=_Ignore())
+            with pytest.raises(SessionError, match=r"did not answer session\.update"):
+                await session.run()
+            assert accepted == opts.max_reconnect_attempts + 1
+
+    asyncio.run(asyncio.wait_for(body(), 30))
