@@ -392,8 +392,13 @@ class Dictation:
         self._set_last_error("")
 
     def session_reconnecting(self, reason: str) -> None:
-        """The connection was lost; what it owed will not come."""
-        self._release(self._assembler.abandon_all())
+        """The connection was lost; what it owed will not come.
+
+        Transcripts held back behind an unfinished one are dropped, not
+        released: the session resends audio from that unfinished turn on,
+        so they will be transcribed again, in order, on the new connection.
+        """
+        self._assembler = TranscriptAssembler()
         if self.active and not self._stopping:
             self.state = State.RECONNECTING
         self._set_last_error(reason)

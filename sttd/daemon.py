@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -83,6 +85,7 @@ class Daemon:
         self._interface: SttdInterface | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._shutdown = asyncio.Event()
+        self._closing = False
         self._session: RealtimeSession | None = None
         self._microphone = Microphone(
             cfg.audio, on_problem=self._audio_problem, on_level=self._audio_level, on_source=self._audio_source
@@ -118,6 +121,7 @@ class Daemon:
                 self._notifier.ready(self._status_line())
                 logger.info("sttd %s ready on the session bus", __version__, extra=logsetup.event("ready"))
                 await self._shutdown.wait()
+                self._closing = True
                 self._notifier.stopping()
                 await self._stop_for_shutdown()
                 if self._engine_task is not None:
@@ -152,13 +156,21 @@ class Daemon:
         except TimeoutError:
             logger.warning("dictation did not finish within %.0f s of SIGTERM; cancelling it", SHUTDOWN_FLUSH_S)
             self.cancel()
-            await task
+            task.cancel()  # also when it is still connecting or waiting for the engine
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _open_for_preroll(self) -> None:
         try:
             await self._microphone.open()
         except AudioError as exc:
             logger.warning("pre-roll: cannot open the microphone yet (%s); Start will try again", exc)
+
+    async def _reconfigure_audio(self, audio_config: config.AudioConfig) -> None:
+        try:
+            await self._microphone.reconfigure(audio_config)
+        except AudioError as exc:
+            logger.warning("pre-roll: cannot reopen the microphone (%s); Start will try again", exc)
 
     def _update_live_session(self, old: config.Config, new: config.Config) -> None:
         """Model, prompt, turn detection and noise reduction reach a running dictation at once."""
@@ -200,7 +212,7 @@ class Daemon:
                 self._interface.engine_changed(self._engine)
             self._hooks.reconfigure(new.hooks, new.output)
             if self._tasks is not None:
-                self._tasks.create_task(self._microphone.reconfigure(new.audio), name="reconfigure-audio")
+                self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
             logger.info("configuration reloaded", extra=logsetup.event("reloaded"))
         self._notifier.ready(self._status_line())
 
@@ -228,6 +240,7 @@ class Daemon:
         while True:
             process = EngineProcess(self._config.local, log_level=self._log_level)
             started = time.monotonic()
+            endpoint: EngineEndpoint | None = None
             try:
                 async with process as endpoint:
                     self._endpoint, self._engine_problem = endpoint, ""
@@ -237,8 +250,9 @@ class Daemon:
             except EngineError as exc:
                 self._engine_problem = str(exc)
             finally:
-                self._endpoint = None
-                self._engine_up.clear()
+                if self._endpoint is endpoint:  # a restarted engine may already have replaced it
+                    self._endpoint = None
+                    self._engine_up.clear()
             logger.error("%s", self._engine_problem)
             failures = 1 if time.monotonic() - started >= ENGINE_STABLE_S else failures + 1
             await asyncio.sleep(ENGINE_BACKOFF_S[min(failures, len(ENGINE_BACKOFF_S)) - 1])
@@ -273,7 +287,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Begin a dictation; returns once the microphone is recording (or failed to)."""
-        if self._tasks is None:
+        if self._tasks is None or self._closing:
             raise SttdError("sttd is shutting down")
         if not self._dictation.start():
             return
@@ -285,17 +299,19 @@ class Daemon:
         await asyncio.shield(recording)
 
     def stop(self) -> None:
-        if self._dictation.stop():
-            self._publish()
-            if self._tasks is not None:
-                self._tasks.create_task(self._finish(), name="flush")
+        if self._dictation.stop() and self._tasks is not None:
+            self._tasks.create_task(self._finish(), name="flush")
+        self._publish()  # also Stop acknowledging an error: back to idle
 
     def cancel(self) -> None:
         if self._dictation.stop():
             self._discarding = True
-            self._publish()
             if self._session is not None:
                 self._session.cancel()
+            if self._dictation_task is not None:
+                # Also when it is still in a handshake or waiting for the engine: nothing is kept.
+                self._dictation_task.cancel()
+        self._publish()
 
     async def toggle(self) -> None:
         if self._dictation.active:
@@ -352,6 +368,7 @@ class Daemon:
     async def _dictate(self, recording: asyncio.Future[None]) -> None:
         """Capture first, so nothing said while connecting is lost; then run the session."""
         cfg = self._config
+        failure: tuple[str, str] | None = None
         try:
             await self._open_microphone(recording)
             url, credentials = await self._connection(cfg)
@@ -360,21 +377,28 @@ class Daemon:
                 settings=cfg.session_settings(self._dictation.language),
                 max_reconnect_attempts=cfg.realtime.max_reconnect_attempts,
             )
-            self._session = RealtimeSession(options, credentials, listener=self)
-            self._microphone.attach(self._session.send_audio)
+            # Asked again on every reconnect: a restarted local engine has a new port and key.
+            target = functools.partial(self._connection, cfg)
+            session = RealtimeSession(options, credentials, listener=self, target=target)
+            self._session = session
+            self._microphone.attach(session.send_audio)
             if self._discarding:  # Cancel while connecting
-                self._session.cancel()
+                session.cancel()
             elif self._dictation.stopping:  # Stop while connecting: what was held is still transcribed
-                self._session.finish()
-            await self._session.run()
+                session.finish()
+            await session.run()
         except CredentialsError as exc:
-            self._fail("credentials", str(exc))
+            failure = ("credentials", str(exc))
         except AudioError as exc:
-            self._fail("audio", str(exc))
+            failure = ("audio", str(exc))
         except SessionError as exc:
-            self._fail(exc.code, str(exc))
+            failure = (exc.code, str(exc))
+        except Exception as exc:
+            # A bug must end this dictation, not the daemon (the task group would take it down).
+            logger.exception("dictation failed unexpectedly")
+            failure = ("internal", f"internal error: {exc.__class__.__name__} (details in sttd's log)")
         finally:
-            await self._close_dictation()
+            await self._close_dictation(failure)
 
     async def _open_microphone(self, recording: asyncio.Future[None]) -> None:
         """Record into a hold buffer until the session exists; tell Start how that went."""
@@ -391,15 +415,20 @@ class Daemon:
 
     async def _finish(self) -> None:
         """Stop: every frame captured so far goes to the session, which then flushes."""
+        session = self._session  # the one being stopped, even if another starts meanwhile
         await self._microphone.detach()
-        if self._session is not None:
-            self._session.finish()
+        if session is not None:
+            session.finish()
 
-    async def _close_dictation(self) -> None:
+    async def _close_dictation(self, failure: tuple[str, str] | None) -> None:
+        # The dictation stays "active" until the microphone is detached, so a Start
+        # arriving meanwhile cannot begin a dictation that this close would then end.
         await self._microphone.detach()
         if self._session is not None and self._session.dropped_audio_ms:
             logger.warning("%d ms of audio were dropped while disconnected", self._session.dropped_audio_ms)
         self._session = None
+        if failure is not None:
+            self._fail(*failure)
         self._dictation.finished(discard=self._discarding)
         self._discarding = False
         self._source_changed()

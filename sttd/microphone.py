@@ -45,6 +45,7 @@ class Microphone:
         self._ring: deque[bytes] = deque(maxlen=self._ring_frames(config))
         self._held: deque[bytes] = deque()
         self._opening = asyncio.Lock()  # Start and the pre-roll may both open it
+        self._detached = True
 
     @staticmethod
     def _ring_frames(config: AudioConfig) -> int:
@@ -78,16 +79,22 @@ class Microphone:
         self._capture = capture
 
     def hold(self) -> None:
-        """Keep every frame from now on until :meth:`attach`: Start has begun, the session is not ready."""
-        self._held = deque(maxlen=HOLD_S * 1000 // self._config.chunk_ms)
+        """Keep every frame from now on until :meth:`attach`: Start has begun, the session is not ready.
+
+        The pre-roll moves into the held frames here, so it is sent first and
+        the ring only ever holds audio from before a Start.
+        """
+        self._held = deque(self._ring, maxlen=self._ring_frames(self._config) + HOLD_S * 1000 // self._config.chunk_ms)
+        self._ring.clear()
         self._sink = self._held.append
+        self._detached = False
 
     def attach(self, sink: FrameSink) -> None:
-        """Send frames to ``sink`` from now on, starting with the pre-roll and what was held."""
-        for frames in (self._ring, self._held):
-            while frames:
-                sink(frames.popleft())
-        self._sink = sink
+        """Send what was held to ``sink``, then every new frame, unless Stop already detached us."""
+        while self._held:
+            sink(self._held.popleft())
+        if not self._detached:
+            self._sink = sink
 
     async def detach(self) -> None:
         """Stop sending frames to the session; every frame captured until now has been delivered.
@@ -96,12 +103,16 @@ class Microphone:
         """
         if not self.keeps_open:
             await self.close()  # delivers every frame captured before it returns
+        # Stopped before the session existed? What was held waits for attach();
+        # nothing captured from now on belongs to this dictation.
         self._sink = None
+        self._detached = True
 
     async def close(self) -> None:
-        capture, self._capture = self._capture, None
-        if capture is not None:
-            await capture.stop()
+        async with self._opening:  # an open in progress finishes first, then is closed
+            capture, self._capture = self._capture, None
+            if capture is not None:
+                await capture.stop()
 
     async def reconfigure(self, config: AudioConfig) -> None:
         """Take a new ``[audio]`` section; reopens the stream only when idle and the source changed."""

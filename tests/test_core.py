@@ -153,20 +153,22 @@ def test_cancel_discards_transcripts_still_owed() -> None:
     assert d.state is core.State.IDLE
 
 
-def test_a_reconnect_releases_what_completed_and_forgets_the_rest() -> None:
+def test_a_reconnect_forgets_what_the_new_session_will_transcribe_again() -> None:
     d = dictation()
     d.start()
     d.session_ready()
     d.server_event(p.Committed("a", None))
     d.server_event(p.Committed("b", "a"))
-    d.server_event(p.TranscriptionCompleted("b", "kept"))
+    d.server_event(p.TranscriptionCompleted("b", "held back"))
     d.session_reconnecting("connection lost")
-    out = d.take_outputs()
-    assert finals(out) == ["kept"]
+    assert finals(d.take_outputs()) == []  # b's audio is resent from a on: no duplicate, no reordering
     assert d.state is core.State.RECONNECTING
     assert d.last_error == "connection lost"
     d.session_ready()
     assert d.state is core.State.LISTENING and d.last_error == ""
+    turn(d, "a2", None, "first")
+    turn(d, "b2", "a2", "held back")
+    assert finals(d.take_outputs()) == ["first", "held back"]
 
 
 def test_a_fatal_session_error_ends_in_error_with_the_message() -> None:

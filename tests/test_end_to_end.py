@@ -234,3 +234,39 @@ def test_preroll_sends_what_was_said_just_before_start(
         assert len(pulse_server.source_outputs()) == 1  # still open, by request
     finally:
         daemon.kill()
+
+
+def test_stop_acknowledges_an_error_and_keeps_the_reason(sttd: Sttd, realtime_server: FakeRealtimeServer) -> None:
+    realtime_server.close_on_connect(3000, "bad key", times=None)
+    assert sttd.ctl("start").returncode == 0
+    sttd.wait_state("error")
+    assert sttd.ctl("stop").returncode == 0
+    sttd.wait_state("idle")
+    assert "3000" in sttd.status()["last_error"]
+
+
+def test_words_said_while_connecting_survive_an_early_stop(
+    tmp_path: Path, sttd: Sttd, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    realtime_server.configure(handshake_delay_s=2.0)
+    realtime_server.script(["quick words"])
+    wav = speech_wav("quick words", tmp_path / "quick.wav")
+    listener = Listener(sttd)
+    try:
+        assert sttd.ctl("start").returncode == 0
+        pulse_server.play(wav)
+        assert sttd.ctl("stop").returncode == 0  # released before the session was even open
+        final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 20, "the held words")
+        assert final["text"] == "quick words"
+        sttd.wait_state("idle")
+    finally:
+        listener.close()
+
+
+def test_cancel_while_connecting_returns_to_idle_at_once(sttd: Sttd, realtime_server: FakeRealtimeServer) -> None:
+    realtime_server.configure(handshake_delay_s=5.0)
+    assert sttd.ctl("start").returncode == 0
+    assert sttd.status()["state"] == "connecting"
+    assert sttd.ctl("cancel").returncode == 0
+    sttd.wait_state("idle", timeout=3)  # well before the handshake would have completed
+    assert realtime_server.client_events("input_audio_buffer.append") == []

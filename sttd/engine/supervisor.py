@@ -34,6 +34,7 @@ from types import TracebackType
 
 from ..config import LocalConfig
 from ..errors import SttdError
+from ..hooks import PRIVATE_ENV
 from ..logsetup import register_secret
 
 logger = logging.getLogger("sttd.engine")
@@ -137,6 +138,8 @@ class EngineProcess:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 limit=2**20,
+                # The engine needs neither the API key nor systemd's sockets.
+                env={key: value for key, value in os.environ.items() if key not in PRIVATE_ENV},
             )
         except OSError as exc:
             raise EngineError(f"cannot start the local engine: {exc}") from None
