@@ -124,3 +124,23 @@ def test_default_paths_follow_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert config.default_path() == tmp_path / "c" / "sttd" / "config.toml"
     assert state.default_path() == tmp_path / "s" / "sttd" / "state.json"
     assert config.load() == config.Config()  # no file there: the defaults
+
+
+def test_engine_auto_uses_openai_with_credentials_else_the_local_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sttd import daemon
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert daemon.choose_engine(config.parse("")) == "local"  # faster-whisper is installed for the tests
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    assert daemon.choose_engine(config.parse("")) == "openai"
+    assert daemon.choose_engine(config.parse('[realtime]\nengine = "local"')) == "local"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    key = tmp_path / "key"
+    key.write_text("sk-from-a-file-0123")
+    key.chmod(0o600)
+    assert daemon.choose_engine(config.parse(f'[realtime]\napi_key_file = "{key}"')) == "openai"
+    monkeypatch.setattr(daemon, "engine_available", lambda: False)
+    assert daemon.choose_engine(config.parse("")) == ""  # neither: Start says how to set up either
