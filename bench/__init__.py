@@ -1,0 +1,1 @@
+"""sttd's benchmark: ``.venv/bin/python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,52 @@
+"""The benchmark keeps working: ``python -m bench --smoke`` runs end to end and writes every metric.
+
+Nothing here asserts a timing: the smoke run's durations are far too short
+for its numbers to mean anything. It checks that the run succeeds, that the
+JSON is well formed and holds a number for every metric the full run
+reports (``bench.report.required``), and that the markdown table is written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import missing, required
+
+from .bus import require
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / ".cache" / "whisper-base" / "model.bin"
+
+
+@pytest.mark.timeout(180)
+def test_the_smoke_run_writes_every_metric(tmp_path: Path) -> None:
+    for binary in ("pulseaudio", "pactl", "paplay", "parec", "dbus-daemon", "espeak-ng", "sox", "bash"):
+        require(binary)
+    if not MODEL.exists():
+        pytest.fail(f"no test model in {MODEL.parent}: run scripts/fetch-test-model (scripts/test does)")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    [result] = tmp_path.glob("*-smoke.json")
+    data = json.loads(result.read_text())
+    assert data["meta"]["mode"] == "smoke"
+    assert set(data["clients"]) == {"sttd", "openai", "legacy"}
+    assert len(required(data["meta"]["plan"])) > 80
+    assert missing(data) == []
+    assert [g["met"] in (True, False) for g in data["goals"]] == [True] * len(data["goals"])
+    assert data["meta"]["protocol_violations"] == []
+
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| goal | sttd | met |" in table
+    assert "openai ÷ sttd" in table
