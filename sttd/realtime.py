@@ -407,6 +407,9 @@ class RealtimeSession:
                 ping_timeout=self._options.ping_timeout_s,
                 close_timeout=2,
                 max_size=2**24,
+                # base64 PCM barely compresses; deflating every frame cost CPU for nothing
+                # (the official SDK turns it off too).
+                compression=None,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
