@@ -32,6 +32,7 @@ import numpy as np
 from tests.bus import SessionBus
 from tests.daemon import Sttd
 from tests.sound import SoundServer
+from tests.wer import wer
 
 from . import report
 from .harness import (
@@ -695,21 +696,6 @@ def _hook_floor(rig: Rig, times: int = 20) -> list[float]:
 
 
 # --------------------------------------------------------------------------- 5. the offline engine
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference's length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
 
 
 def engine(rig: Rig) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from .daemon import Listener, Sttd
 from .openai_models import server_event_problems
 from .sound import SoundServer, speech_wav, wav_samples
 from .test_session import Harness, dictate, run
+from .wer import wer, words
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = Path(os.environ.get("STTD_TEST_MODEL", REPO / ".cache" / "whisper-base"))
@@ -57,22 +57,6 @@ SENTENCES = [
     "we will meet in the library after lunch",
     "can you call me back tomorrow morning",
 ]
-
-
-def words(text: str) -> list[str]:
-    """Case and punctuation do not count."""
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference's length."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
 
 
 SPEECH_CACHE: dict[str, np.ndarray] = {}
@@ -125,9 +109,9 @@ def offline() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
     if not engine_available():
-        pytest.skip("faster-whisper is not installed: pip install -e '.[local]' (scripts/test does)")
+        pytest.fail("faster-whisper is not installed: pip install -e '.[local]' (scripts/test does)")
     if not (MODEL_DIR / "model.bin").exists():
-        pytest.skip(f"no test model in {MODEL_DIR}: run scripts/fetch-test-model (scripts/test does)")
+        pytest.fail(f"no test model in {MODEL_DIR}: run scripts/fetch-test-model (scripts/test does)")
     return MODEL_DIR
 
 
