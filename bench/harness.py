@@ -19,6 +19,7 @@ both clocks when it sends a transcript.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from tests.bus import wait_until
 from tests.realtime_server import FakeRealtimeServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,16 +44,8 @@ COMPLETED = "conversation.item.input_audio_transcription.completed"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    """Poll ``predicate`` until truthy; raise TimeoutError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
+# The tests' poll-with-a-deadline (its timeout is also a TimeoutError), at a finer grain.
+wait_for = functools.partial(wait_until, interval=0.01)
 
 
 def sleep_until(t: float) -> None:

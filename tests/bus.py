@@ -15,6 +15,10 @@ import pytest
 T = TypeVar("T")
 
 
+class WaitTimeout(AssertionError, TimeoutError):
+    """A wait reached its deadline: a test failure, and a TimeoutError to code that expects one (the bench)."""
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
@@ -23,7 +27,7 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+            raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -10,11 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .bus import wait_until
+from .bus import SessionBus, wait_until
+
+if TYPE_CHECKING:
+    from .realtime_server import FakeRealtimeServer
+    from .sound import SoundServer
 
 BIN = Path(sys.executable).parent
 API_KEY = "sk-test-0123456789abcdefSECRET"
@@ -30,6 +35,25 @@ def write_config(path: Path, url: str, extra: str = "", api_key_file: Path | Non
     key_line = f'api_key_file = "{api_key_file}"\n' if api_key_file else ""
     path.write_text(f'[realtime]\nurl = "{url}"\n{key_line}{extra}\n', encoding="utf-8")
     return path
+
+
+def daemon_env(bus: SessionBus, sound: SoundServer, service: FakeRealtimeServer) -> dict[str, str]:
+    """What sttd needs to reach the test's bus, sound server and Realtime service."""
+    return {**bus.env(), "PULSE_SERVER": sound.server, "OPENAI_API_KEY": service.api_key}
+
+
+@contextlib.contextmanager
+def running_sttd(
+    tmp: Path, bus: SessionBus, sound: SoundServer, service: FakeRealtimeServer, extra_config: str = ""
+) -> Iterator[Sttd]:
+    """sttd configured for ``service`` (plus ``extra_config``), ready on ``bus``; killed afterwards."""
+    config = write_config(tmp / "config.toml", service.url, extra=extra_config)
+    daemon = Sttd(tmp, daemon_env(bus, sound, service), config)
+    try:
+        daemon.wait_ready()
+        yield daemon
+    finally:
+        daemon.kill()
 
 
 def sttctl(env: dict[str, str], *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

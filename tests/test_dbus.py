@@ -30,7 +30,7 @@ from sttd.ctl import COMMANDS
 from sttd.languages import ISO_639_1
 
 from .bus import SessionBus, require, wait_until
-from .daemon import Listener, Sttd, command, sttctl, write_config
+from .daemon import Listener, Sttd, command, daemon_env, sttctl, write_config
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, speech_wav
 
@@ -345,7 +345,7 @@ def setup(
     tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> Setup:
     config = write_config(tmp_path / "config.toml", realtime_server.url)
-    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
+    env = daemon_env(session_bus, pulse_server, realtime_server)
     return Setup(tmp_path, session_bus, pulse_server, realtime_server, config, env)
 
 

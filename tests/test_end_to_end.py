@@ -17,7 +17,7 @@ import pytest
 from sttd import protocol as p
 
 from .bus import SessionBus, wait_until
-from .daemon import Listener, Sttd, sttctl, write_config
+from .daemon import Listener, Sttd, running_sttd, sttctl
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, pcm, speech_wav, wav_samples, xcorr_similarity
 
@@ -26,14 +26,8 @@ from .sound import SoundServer, pcm, speech_wav, wav_samples, xcorr_similarity
 def sttd(
     tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> Iterator[Sttd]:
-    config = write_config(tmp_path / "config.toml", realtime_server.url)
-    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
-    daemon = Sttd(tmp_path, env, config)
-    try:
-        daemon.wait_ready()
+    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server) as daemon:
         yield daemon
-    finally:
-        daemon.kill()
 
 
 def test_speech_in_the_microphone_comes_out_as_a_transcript_signal(
@@ -144,29 +138,22 @@ def test_the_token_path_works_and_the_key_is_never_logged(
     tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> None:
     realtime_server.script(["by token"])
-    config = write_config(
-        tmp_path / "config.toml", realtime_server.url, extra=f'token_url = "{realtime_server.token_url}"'
-    )
-    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
-    daemon = Sttd(tmp_path, env, config)
-    listener = None
-    try:
-        daemon.wait_ready()
+    token = f'token_url = "{realtime_server.token_url}"'
+    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server, token) as daemon:
         listener = Listener(daemon)
-        assert daemon.ctl("start").returncode == 0
-        daemon.wait_state("listening")
-        pulse_server.play(speech_wav("ephemeral tokens", tmp_path / "token.wav"))
-        final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 20, "a final Transcript")
-        assert final["text"] == "by token"
-        assert daemon.ctl("stop").returncode == 0
-        daemon.wait_state("idle")
-        assert [s.auth for s in realtime_server.sessions()] == ["token"]
-        assert len(realtime_server.token_requests()) == 1
-        assert daemon.terminate() == 0
-    finally:
-        if listener is not None:
+        try:
+            assert daemon.ctl("start").returncode == 0
+            daemon.wait_state("listening")
+            pulse_server.play(speech_wav("ephemeral tokens", tmp_path / "token.wav"))
+            final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 20, "a final Transcript")
+            assert final["text"] == "by token"
+            assert daemon.ctl("stop").returncode == 0
+            daemon.wait_state("idle")
+            assert [s.auth for s in realtime_server.sessions()] == ["token"]
+            assert len(realtime_server.token_requests()) == 1
+            assert daemon.terminate() == 0
+        finally:
             listener.close()
-        daemon.kill()
     assert realtime_server.api_key not in daemon.log
     assert "ek_" not in daemon.log  # nor the ephemeral secret
 
@@ -214,11 +201,7 @@ def test_an_idle_daemon_keeps_the_microphone_closed(sttd: Sttd, pulse_server: So
 def test_preroll_sends_what_was_said_just_before_start(
     tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> None:
-    config = write_config(tmp_path / "config.toml", realtime_server.url, extra="[audio]\npreroll_ms = 1500")
-    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
-    daemon = Sttd(tmp_path, env, config)
-    try:
-        daemon.wait_ready()
+    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server, "[audio]\npreroll_ms = 1500") as daemon:
         wait_until(lambda: len(pulse_server.source_outputs()) == 1, 10, "the pre-roll stream to open")
         wav = speech_wav("said before start", tmp_path / "before.wav")
         pulse_server.play(wav)
@@ -232,8 +215,6 @@ def test_preroll_sends_what_was_said_just_before_start(
         assert daemon.ctl("stop").returncode == 0
         daemon.wait_state("idle")
         assert len(pulse_server.source_outputs()) == 1  # still open, by request
-    finally:
-        daemon.kill()
 
 
 def test_stop_acknowledges_an_error_and_keeps_the_reason(sttd: Sttd, realtime_server: FakeRealtimeServer) -> None:

@@ -51,7 +51,7 @@ from sttd.protocol import BYTES_PER_MS
 from sttd.systemd import Notifier, send_datagram
 
 from .bus import SessionBus, busctl, require, wait_until
-from .daemon import Listener, Sttd, command, sttctl, write_config
+from .daemon import Listener, Sttd, command, daemon_env, sttctl, write_config
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer
 
@@ -296,7 +296,7 @@ class Daemon:
         self._log.close()
 
 
-def daemon_env(
+def clean_daemon_env(
     tmp: Path, bus: SessionBus, pulse: SoundServer, server: FakeRealtimeServer, **extra: str
 ) -> dict[str, str]:
     return clean_env(
@@ -332,7 +332,7 @@ def test_ready_status_watchdog_reloading_and_stopping_arrive_on_notify_socket(
     sockets = short_dir("notify")
     notify = DatagramSink(sockets / "notify", parse_notify)
     config = write_config(tmp_path / "config.toml", realtime_server.url)
-    env = daemon_env(
+    env = clean_daemon_env(
         tmp_path, session_bus, pulse_server, realtime_server, NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="300000"
     )
     daemon = Daemon([command("sttd"), "--config", str(config)], env, tmp_path / "sttd.log")
@@ -449,7 +449,9 @@ def test_under_systemd_records_go_to_the_journal_with_sttd_fields(
     stderr.touch()
     st = stderr.stat()
     # What systemd does for a unit whose stderr is the journal: JOURNAL_STREAM names that stream.
-    env = daemon_env(tmp_path, session_bus, pulse_server, realtime_server, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    env = clean_daemon_env(
+        tmp_path, session_bus, pulse_server, realtime_server, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"
+    )
     argv = with_private_run_systemd(run_systemd, [command("sttd"), "--config", str(config)])
     daemon = Daemon(argv, env, stderr)
     try:
@@ -582,7 +584,7 @@ def test_sighup_applies_a_valid_config_to_the_running_dictation(
     tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> None:
     config = write_config(tmp_path / "config.toml", realtime_server.url)
-    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
+    env = daemon_env(session_bus, pulse_server, realtime_server)
     sttd = Sttd(tmp_path, env, config)
     listener: Listener | None = None
     try:
@@ -613,7 +615,7 @@ def test_sighup_refuses_an_invalid_config_names_the_key_and_keeps_the_old_one(
 ) -> None:
     config = write_config(tmp_path / "config.toml", realtime_server.url)
     good = config.read_text()
-    env = {**session_bus.env(), "PULSE_SERVER": pulse_server.server, "OPENAI_API_KEY": realtime_server.api_key}
+    env = daemon_env(session_bus, pulse_server, realtime_server)
     sttd = Sttd(tmp_path, env, config)
     listener: Listener | None = None
     try:
@@ -692,28 +694,25 @@ def install(
 
     ``wrap`` runs it differently (in a user manager's mount namespace).
     """
-    result = subprocess.run(
-        wrap([str(INSTALL), "--python", sys.executable, *args]),
-        env=env if env is not None else dirs.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, f"scripts/install {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
+    return _installer(dirs, [str(INSTALL), "--python", sys.executable, *args], env, wrap)
 
 
 def uninstall(dirs: UserDirs, env: dict[str, str] | None = None, wrap: Wrap = list) -> subprocess.CompletedProcess[str]:
+    return _installer(dirs, [str(INSTALL), "--uninstall"], env, wrap)
+
+
+def _installer(
+    dirs: UserDirs, argv: list[str], env: dict[str, str] | None, wrap: Wrap
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        wrap([str(INSTALL), "--uninstall"]),
+        wrap(argv),
         env=env if env is not None else dirs.env(),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, f"scripts/install --uninstall failed:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, f"scripts/install {' '.join(argv[1:])} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 
