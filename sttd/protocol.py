@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ProtocolError
+from .models import ModelInfo, model_info
 
 SAMPLE_RATE = 24000
 """The only PCM rate the service accepts."""
@@ -32,27 +33,38 @@ BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
 MIN_COMMIT_MS = 100
 """The service refuses to commit a buffer holding less audio than this."""
 
-TurnDetectionType = Literal["server_vad", "semantic_vad", "manual"]
+TurnDetectionType = Literal["server_vad", "semantic_vad", "client_vad", "manual"]
 NoiseReduction = Literal["near_field", "far_field", "off"]
 
 
 @dataclass(frozen=True)
 class TurnDetection:
-    """How the service finds the end of an utterance."""
+    """How the end of an utterance is found: by the service, by sttd, or by Stop."""
 
     type: TurnDetectionType = "server_vad"
-    """``server_vad`` (energy), ``semantic_vad`` (a model) or ``manual`` (commit on Stop)."""
+    """``server_vad`` (the service's energy VAD), ``semantic_vad`` (the service's model),
+    ``client_vad`` (sttd's own, which commits each turn) or ``manual`` (commit on Stop)."""
     threshold: float = 0.5
-    """server_vad: activation threshold, 0..1."""
+    """Activation threshold, 0..1."""
     prefix_padding_ms: int = 300
-    """server_vad: audio kept before detected speech."""
+    """Audio kept before detected speech."""
     silence_duration_ms: int = 500
-    """server_vad: silence that ends an utterance."""
+    """Silence that ends an utterance."""
+
+    @property
+    def by_service(self) -> bool:
+        """The service finds turns (and commits them) itself."""
+        return self.type in ("server_vad", "semantic_vad")
 
 
 @dataclass(frozen=True)
 class SessionSettings:
-    """Everything sttd configures on a transcription session."""
+    """Everything sttd configures on a transcription session.
+
+    ``language`` is the one the user chose (SetLanguage); ``languages`` the
+    configured hints for models that take a list. :func:`_transcription`
+    decides, from the model table, which of them go on the wire.
+    """
 
     model: str
     language: str = ""
@@ -60,6 +72,16 @@ class SessionSettings:
     prompt: str = ""
     turn_detection: TurnDetection = TurnDetection()
     noise_reduction: NoiseReduction = "near_field"
+    languages: tuple[str, ...] = ()
+    """Possible languages (gpt-transcribe family); ``language``, when set, wins."""
+    keywords: tuple[str, ...] = ()
+    """Words the model should expect (gpt-transcribe family)."""
+    delay: str = ""
+    """How long the model may wait before emitting text (gpt-realtime-whisper); "" = its default."""
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return model_info(self.model)
 
 
 # ---------------------------------------------------------------- client side
@@ -100,22 +122,40 @@ class ClientEvents:
 
 
 def _audio_input(settings: SessionSettings) -> dict[str, Any]:
-    transcription: dict[str, Any] = {"model": settings.model}
-    if settings.language:
-        transcription["language"] = settings.language
-    if settings.prompt:
-        transcription["prompt"] = settings.prompt
     return {
         "format": {"type": "audio/pcm", "rate": SAMPLE_RATE},
-        "transcription": transcription,
+        "transcription": _transcription(settings),
         "turn_detection": _turn_detection(settings.turn_detection),
         "noise_reduction": None if settings.noise_reduction == "off" else {"type": settings.noise_reduction},
     }
 
 
+def _transcription(settings: SessionSettings) -> dict[str, Any]:
+    """The ``transcription`` member, shaped by what the model takes (see :mod:`sttd.models`).
+
+    ``language`` and ``languages`` never go together (the service refuses
+    that): a list model gets ``languages``, every other model one ``language``.
+    """
+    info = settings.model_info
+    transcription: dict[str, Any] = {"model": settings.model}
+    hints = [settings.language] if settings.language else list(settings.languages)
+    if info.languages:
+        if hints:
+            transcription["languages"] = hints
+    elif hints:
+        transcription["language"] = hints[0]
+    if settings.prompt and info.prompt:
+        transcription["prompt"] = settings.prompt
+    if settings.keywords and info.keywords:
+        transcription["keywords"] = list(settings.keywords)
+    if settings.delay and info.delay:
+        transcription["delay"] = settings.delay
+    return transcription
+
+
 def _turn_detection(td: TurnDetection) -> dict[str, Any] | None:
-    if td.type == "manual":
-        return None
+    if not td.by_service:
+        return None  # sttd commits: client_vad at each end of speech, manual on Stop
     if td.type == "semantic_vad":
         return {"type": "semantic_vad"}
     return {
