@@ -45,7 +45,9 @@ def redact(text: str) -> str:
 def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     """A short, escaped, redacted rendering of an outside value, safe for one log line."""
     text = value if isinstance(value, str) else repr(value)
-    if len(text) > limit:
-        shown = repr(redact(text[:limit]))
-        return f"{shown}... ({len(text)} characters)"
-    return repr(redact(text))
+    length = len(text)
+    # Redact before cutting, so that a key straddling the cut is not half shown.
+    text = redact(text[: limit * 4]) if length > limit else redact(text)
+    if length > limit:
+        return f"{text[:limit]!r}... ({length} characters)"
+    return repr(text)
