@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 from dataclasses import dataclass, field
 
 from . import protocol as p
 from .errors import DisabledError
 from .languages import check_language
+from .triggers import compile_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +117,25 @@ def normalise(text: str) -> str:
 # ------------------------------------------------------- transcript assembly
 
 
+MAX_EARLY_ITEMS = 8
+"""Items with deltas but no commit yet (live models) kept at once; a server sending deltas for
+items it never commits cannot grow memory or hold back the finals of real turns."""
+MAX_ITEM_CHARS = 20_000
+"""Delta text kept per item; beyond it further deltas are ignored (the final text still replaces it)."""
+
+
 @dataclass
 class _Item:
     item_id: str
     deltas: list[str] = field(default_factory=list)
+    chars: int = 0
     final: str | None = None
     done: bool = False
+
+    def add(self, delta: str) -> None:
+        if not self.done and self.chars + len(delta) <= MAX_ITEM_CHARS:
+            self.deltas.append(delta)
+            self.chars += len(delta)
 
 
 class TranscriptAssembler:
@@ -133,11 +146,17 @@ class TranscriptAssembler:
     (``previous_item_id``), so items are kept in a list ordered by that chain
     and released from the head only once every earlier item is done
     (completed, failed or abandoned).
+
+    Live models send deltas while the person is still speaking, before the
+    turn is committed: such an item waits, with its text so far, among the
+    *early* items, and joins the order only when its commit (or its final
+    text) arrives, so it never holds back turns committed before it.
     """
 
     def __init__(self) -> None:
         self._order: list[str] = []
         self._items: dict[str, _Item] = {}
+        self._early: dict[str, _Item] = {}
 
     @property
     def outstanding(self) -> int:
@@ -147,7 +166,7 @@ class TranscriptAssembler:
     def committed(self, item_id: str, previous_item_id: str | None) -> None:
         if item_id in self._items:
             return
-        self._items[item_id] = _Item(item_id)
+        self._items[item_id] = self._early.pop(item_id, None) or _Item(item_id)
         if previous_item_id in self._order:
             self._order.insert(self._order.index(previous_item_id) + 1, item_id)
         else:
@@ -157,8 +176,8 @@ class TranscriptAssembler:
 
     def delta(self, item_id: str, delta: str) -> str:
         """Add a delta; returns the utterance's text so far."""
-        item = self._item(item_id)
-        item.deltas.append(delta)
+        item = self._items.get(item_id) or self._early_item(item_id)
+        item.add(delta)
         return normalise("".join(item.deltas))
 
     def completed(self, item_id: str, transcript: str) -> list[tuple[str, str]]:
@@ -176,7 +195,16 @@ class TranscriptAssembler:
         """The session that owed these transcripts is gone: release what is complete, drop the rest."""
         for item in self._items.values():
             item.done = True
+        self._early.clear()
         return self._release()
+
+    def _early_item(self, item_id: str) -> _Item:
+        item = self._early.get(item_id)
+        if item is None:
+            if len(self._early) >= MAX_EARLY_ITEMS:
+                del self._early[next(iter(self._early))]  # the oldest: never committed, never will be
+            item = self._early[item_id] = _Item(item_id)
+        return item
 
     def _item(self, item_id: str) -> _Item:
         if item_id not in self._items:
@@ -212,25 +240,24 @@ class Triggers:
     With ``position="end"`` a trigger counts only when it ends the utterance
     (trailing punctuation aside), so "I will send you the file" stays text.
     Purge is checked first: when both are said, dropping is the safe choice.
+    A pattern :func:`sttd.triggers.compile_pattern` refuses raises ConfigError.
     """
 
     def __init__(self, send: str, purge: str, position: str = "end") -> None:
-        self._patterns = [
-            ("purge", re.compile(purge, re.IGNORECASE)),
-            ("send", re.compile(send, re.IGNORECASE)),
-        ]
+        # RE2 (sttd.triggers): matching is linear in the utterance, whatever the pattern.
+        self._patterns = [("purge", compile_pattern(purge)), ("send", compile_pattern(send))]
         self._at_end = position == "end"
 
     def match(self, text: str) -> TriggerMatch | None:
         stripped = text.rstrip(_TRAILING)
         for name, pattern in self._patterns:
-            matches = list(pattern.finditer(stripped))
-            if not matches:
+            last = pattern.last_span(stripped)
+            if last is None:
                 continue
-            last = matches[-1]
-            if self._at_end and last.end() != len(stripped):
+            start, end = last
+            if self._at_end and end != len(stripped):
                 continue
-            remainder = stripped[: last.start()] + stripped[last.end() :]
+            remainder = stripped[:start] + stripped[end:]
             return TriggerMatch(name, normalise(remainder).rstrip(_TRAILING))
         return None
 

@@ -1,0 +1,94 @@
+"""Voice-trigger patterns: compiled with RE2, checked once, matched in linear time. No I/O.
+
+A trigger pattern runs against every final utterance, inside the event loop.
+Python's ``re`` backtracks, so a pattern like ``(a+)+$`` took 6.8 s on one
+27-character utterance and froze the daemon. RE2 (``google-re2``) matches in
+time linear in the text for every pattern it accepts, so no pattern can stall
+sttd; the price is RE2's syntax: no backreferences (``\\1``) and no
+lookaround (``(?=``, ``(?<=``), and ``\\b``/``\\w`` are ASCII-only.
+
+A pattern is also refused when it would fire on everything: one that matches
+the empty string (``''``, ``a*``, ``|x``), one that matches every ordinary
+utterance (``.``), or one that can match without any text (``\\b``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import re2  # type: ignore[import-untyped]
+
+from .errors import ConfigError
+from .redact import excerpt
+
+MAX_PATTERN_CHARS = 1000
+"""Longer patterns are refused: a trigger is a word or a phrase, and RE2's program size grows with the pattern."""
+
+SYNTAX = "RE2 syntax: no backreferences or lookaround"
+
+_PROBES = (
+    "x",
+    "hello world",
+    "Ok.",
+    "1234",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
+    "¿Qué tal? Ça va.",
+)
+"""Unrelated utterances: a pattern matching all of them would match anything anyone says."""
+
+
+def _options() -> Any:
+    options = re2.Options()
+    options.case_sensitive = False
+    # RE2 writes parse errors to stderr itself; the error sttd raises says it once, with the key.
+    options.log_errors = False
+    return options
+
+
+class Pattern:
+    """A compiled, checked, case-insensitive trigger pattern."""
+
+    def __init__(self, source: str, regexp: Any) -> None:
+        self.source = source
+        self._regexp = regexp
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """``(start, end)`` of every non-overlapping match in ``text``, leftmost first."""
+        return [(int(m.start()), int(m.end())) for m in self._regexp.finditer(text)]
+
+    def last_span(self, text: str) -> tuple[int, int] | None:
+        """The last of :meth:`spans`, or None when the pattern does not occur."""
+        spans = self.spans(text)
+        return spans[-1] if spans else None
+
+
+def compile_pattern(source: str) -> Pattern:
+    """Compile and check a trigger pattern; raise :class:`ConfigError` saying why it cannot be used.
+
+    The message does not name the key: the caller (the config check) does.
+    """
+    if not source:
+        raise ConfigError("must not be empty (it would match every utterance)")
+    if len(source) > MAX_PATTERN_CHARS:
+        raise ConfigError(f"must be at most {MAX_PATTERN_CHARS} characters, not {len(source)}")
+    try:
+        regexp = re2.compile(source, _options())
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ConfigError(f"invalid regular expression {excerpt(source)} ({SYNTAX}): {excerpt(reason)}") from None
+    pattern = Pattern(source, regexp)
+    problem = _fires_on_everything(pattern)
+    if problem:
+        raise ConfigError(problem)
+    return pattern
+
+
+def _fires_on_everything(pattern: Pattern) -> str | None:
+    if pattern.spans(""):
+        return "matches every utterance (it matches the empty text)"
+    found = [pattern.spans(probe) for probe in _PROBES]
+    if all(found):
+        return "matches every utterance"
+    if any(start == end for spans in found for start, end in spans):
+        return "can match without any text (an empty match), so it fires on ordinary utterances"
+    return None
