@@ -191,3 +191,35 @@ def test_language_is_validated() -> None:
     with pytest.raises(InvalidLanguageError):
         d.set_language("german")
     assert d.language == "de"
+
+
+def test_live_deltas_before_the_commit_do_not_hold_back_earlier_turns() -> None:
+    # A live model streams the second utterance while the first is still being transcribed.
+    d = dictation()
+    d.start()
+    d.session_ready()
+    d.server_event(p.Committed("item_1", None))
+    d.server_event(p.TranscriptionDelta("item_2", "second "))
+    d.server_event(p.TranscriptionDelta("item_2", "one"))
+    d.server_event(p.TranscriptionCompleted("item_1", "First one."))
+    outputs = d.take_outputs()
+    partials = [o.text for o in outputs if isinstance(o, core.TranscriptEmitted) and not o.final]
+    finals = [o.text for o in outputs if isinstance(o, core.TranscriptEmitted) and o.final]
+    assert partials == ["second", "second one"]
+    assert finals == ["First one."]
+    d.server_event(p.Committed("item_2", "item_1"))
+    d.server_event(p.TranscriptionCompleted("item_2", "Second one."))
+    assert [o.text for o in d.take_outputs() if isinstance(o, core.TranscriptEmitted)] == ["Second one."]
+    assert d.pending_text == "First one. Second one."
+
+
+def test_deltas_for_items_never_committed_are_bounded_and_block_nothing() -> None:
+    d = dictation()
+    d.start()
+    d.session_ready()
+    for n in range(1000):
+        d.server_event(p.TranscriptionDelta(f"ghost_{n}", "x" * 100))
+    d.server_event(p.Committed("item_1", None))
+    d.server_event(p.TranscriptionCompleted("item_1", "Real words."))
+    assert d.pending_text == "Real words."
+    assert d.outstanding == 0
