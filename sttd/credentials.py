@@ -8,8 +8,12 @@ uses a fresh ephemeral client secret POSTed for at that URL (OpenAI's
 
 Secrets never enter a log line, an exception message or a D-Bus property:
 errors here say *which* source failed, never what it held. Every secret read
-is registered with :func:`sttd.logsetup.register_secret` so that even a third
-party library logging a header is redacted.
+is registered with :func:`sttd.redact.register_secret` so that even a third
+party library logging a header, or a server echoing the key in an error
+message, is redacted wherever it would leave the process.
+
+Key files are read with :func:`sttd.files.read_regular_file`: a FIFO or a
+device given as ``api_key_file`` is refused at once, with the key named.
 """
 
 from __future__ import annotations
@@ -23,15 +27,20 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from .errors import CredentialsError, SessionError
-from .logsetup import register_secret
+from .errors import CredentialsError, FileError, SessionError
+from .files import read_regular_file
+from .redact import register_secret
 
 logger = logging.getLogger(__name__)
 
 CREDENTIAL_NAME = "openai-api-key"
+KEY_FILE_LIMIT = 4096
+"""The largest API key file sttd reads (a key is about 200 bytes)."""
 TOKEN_TIMEOUT_S = 10.0
+TOKEN_REPLY_LIMIT = 65536
+"""The most of a token endpoint's answer read (a real one is under 1 KiB)."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,15 @@ def find_api_key(api_key_file: str) -> ApiKey | None:
 
     Raises :class:`CredentialsError` when a configured file cannot be read.
     """
-    candidates: list[Path] = []
     if api_key_file:
-        candidates.append(Path(os.path.expanduser(api_key_file)))
-    elif os.environ.get("CREDENTIALS_DIRECTORY"):
-        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
-        if path.exists():
-            candidates.append(path)
-    for path in candidates:
-        return ApiKey(_read_key_file(path), str(path))
+        path = Path(os.path.expanduser(api_key_file))
+        return ApiKey(_read_key_file(path, "realtime.api_key_file"), str(path))
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        path = Path(directory) / CREDENTIAL_NAME
+        value = _read_key_file(path, f"the systemd credential {CREDENTIAL_NAME!r}", optional=True)
+        if value is not None:
+            return ApiKey(value, str(path))
     value = os.environ.get("OPENAI_API_KEY", "").strip()
     if value:
         register_secret(value)
@@ -64,16 +73,28 @@ def find_api_key(api_key_file: str) -> ApiKey | None:
     return None
 
 
-def _read_key_file(path: Path) -> str:
+@overload
+def _read_key_file(path: Path, name: str) -> str: ...
+@overload
+def _read_key_file(path: Path, name: str, *, optional: bool) -> str | None: ...
+
+
+def _read_key_file(path: Path, name: str, *, optional: bool = False) -> str | None:
+    """The key in ``path``; None when ``optional`` and it does not exist. ``name`` is the key or credential."""
     try:
-        mode = path.stat().st_mode
-        value = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialsError(f"cannot read the API key file {path}: {exc.__class__.__name__}") from None
+        read = read_regular_file(path, KEY_FILE_LIMIT, name)
+    except FileError as exc:
+        if optional and exc.missing:
+            return None
+        raise CredentialsError(str(exc)) from None
+    try:
+        value = read.data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{name}: {path} is not UTF-8 text") from None
     if not value:
-        raise CredentialsError(f"the API key file {path} is empty")
+        raise CredentialsError(f"{name}: {path} is empty")
     register_secret(value)
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if read.mode & (stat.S_IRGRP | stat.S_IROTH):
         logger.warning("the API key file %s is readable by other users; run: chmod 600 %s", path, path)
     return value
 
@@ -87,6 +108,8 @@ class CredentialSource:
                 "no OpenAI API key: set OPENAI_API_KEY, [realtime] api_key_file, "
                 "or the systemd credential 'openai-api-key'"
             )
+        if api_key is not None:
+            register_secret(api_key.value)  # also a key handed in by a caller, not found here
         self._api_key = api_key
         self._token_url = token_url
 
@@ -113,7 +136,7 @@ class CredentialSource:
             request.add_header("Authorization", f"Bearer {self._api_key.value}")
         try:
             with urllib.request.urlopen(request, timeout=TOKEN_TIMEOUT_S) as response:
-                reply = json.loads(response.read())
+                reply = json.loads(response.read(TOKEN_REPLY_LIMIT))
         except urllib.error.HTTPError as exc:
             retryable = exc.code >= 500 or exc.code == 429
             raise SessionError(

@@ -86,3 +86,28 @@ class ProtocolError(SttdError):
     """A server event that cannot be understood (bad JSON, missing fields)."""
 
     dbus_name = "Protocol"
+
+
+class FileError(SttdError):
+    """A file sttd reads (the API key, the state, the config) is unusable.
+
+    It is missing, unreadable, not a regular file (a FIFO, a device) or larger
+    than sttd accepts. The message names the config key or the file, never
+    what it holds; callers turn it into their own error (a
+    :class:`CredentialsError`, a :class:`ConfigError`) or a warning.
+    """
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+        """True when the file does not exist (a source that may be absent is then skipped)."""
+
+
+class StateNotSavedError(SttdError):
+    """A change of persisted state (``SetLanguage``, ``Enabled``) could not be written to disk.
+
+    The change is kept in memory for the running daemon; it is lost at restart,
+    so the D-Bus call fails with this error rather than reporting success.
+    """
+
+    dbus_name = "StateNotSaved"

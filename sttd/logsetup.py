@@ -34,7 +34,9 @@ Level policy
     * DEBUG: everything else: speaking/processing transitions, every server
       event, and transcript text. What the user said is never logged above
       DEBUG; an API key or token is never logged at any level (it is
-      registered with :func:`register_secret` and replaced by ``[redacted]``).
+      registered with :func:`sttd.redact.register_secret`, and every handler's
+      :class:`RedactingFilter` replaces it, and anything shaped like an OpenAI
+      key, by ``[redacted]``; see :mod:`sttd.redact`).
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ import logging
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable
 
-_secrets: set[str] = set()
-_lock = threading.Lock()
-REDACTED = "[redacted]"
+# Re-exported for older imports (sttd.engine.supervisor); new code imports sttd.redact.
+from .redact import REDACTED as REDACTED
+from .redact import redact as redact
+from .redact import register_secret as register_secret
+
 IDENTIFIER = "sttd"
 """``SYSLOG_IDENTIFIER`` of every record sttd sends to the journal."""
 STATE_FIELD = "STTD_STATE"
@@ -56,22 +59,6 @@ EVENT_FIELD = "STTD_EVENT"
 _FIELD = re.compile(r"^STTD_[A-Z0-9_]+$")
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 """Where journald listens for native records (and where libsystemd sends them)."""
-
-
-def register_secret(value: str) -> None:
-    """Remember a secret so that no log record ever shows it."""
-    if len(value) >= 8:
-        with _lock:
-            _secrets.add(value)
-
-
-def redact(text: str) -> str:
-    with _lock:
-        secrets = list(_secrets)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 def event(name: str, **fields: str) -> dict[str, str]:
@@ -91,7 +78,7 @@ def journal_fields(record: logging.LogRecord) -> dict[str, str]:
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces registered secrets in every record's message (attached to handlers)."""
+    """Replaces secrets and key-shaped strings in every record's message and traceback (attached to handlers)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

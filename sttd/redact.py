@@ -9,6 +9,11 @@ error message may echo a key sttd never registered.
 Values that came from outside (D-Bus arguments, config values, server
 messages, hook output) are shown through :func:`excerpt`: short, escaped,
 with their length, so a 10 MB argument cannot become a 10 MB log line.
+
+Messages sttd itself composes that may quote such values and leave the
+process as text a person reads (a D-Bus error's message, ``LastError``, the
+``Error`` signal, ``STATUS=``, ``sttctl`` output) go through
+:func:`outward`: redacted, then cut to a bounded length, but not quoted.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ _lock = threading.Lock()
 
 EXCERPT_CHARS = 60
 """How much of an outside value a message shows."""
+OUTWARD_CHARS = 300
+"""The longest message :func:`outward` lets out."""
 
 
 def register_secret(value: str) -> None:
@@ -51,3 +58,14 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     if length > limit:
         return f"{text[:limit]!r}... ({length} characters)"
     return repr(text)
+
+
+def outward(text: str, limit: int = OUTWARD_CHARS) -> str:
+    """``text`` fit to leave the process as a message: secrets and key-shaped strings replaced, at most ``limit``
+    characters (a cut one ends with ``…``)."""
+    # Only the start is shown; redact a margin beyond it so a secret straddling the cut is still caught.
+    head = text[: max(4 * limit, limit + 1024)]
+    cleaned = redact(head)
+    if len(cleaned) <= limit and len(head) == len(text):
+        return cleaned
+    return cleaned[: limit - 1] + "…"

@@ -2,8 +2,11 @@
 
 Written atomically (a temporary file in the same directory, fsync, rename) so
 a crash or a full disk never leaves a half-written file behind; a corrupt
-or unreadable file is logged and replaced by defaults rather than stopping
-the daemon.
+or unreadable file (also a FIFO, a device or anything over
+:data:`STATE_FILE_LIMIT`, refused without blocking) is logged and replaced
+by defaults rather than stopping the daemon. A save that fails raises
+:class:`~sttd.errors.StateNotSavedError`, which the daemon returns to the
+D-Bus caller while keeping the new value in memory.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import InvalidLanguageError
+from .errors import FileError, InvalidLanguageError, StateNotSavedError
+from .files import read_regular_file
 from .languages import check_language
 
 logger = logging.getLogger(__name__)
+
+STATE_FILE_LIMIT = 65536
+"""The largest state file read (a real one is under 100 bytes)."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,13 @@ def default_path() -> Path:
 def load(path: Path) -> PersistedState:
     """Read the state; defaults when the file is missing or unusable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        data = json.loads(read_regular_file(path, STATE_FILE_LIMIT, "the state file").data.decode("utf-8"))
+    except FileError as exc:
+        if not exc.missing:
+            logger.warning("ignoring %s", exc)
         return PersistedState()
-    except (OSError, ValueError) as exc:
-        logger.warning("ignoring unreadable state file %s: %s", path, exc)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        logger.warning("ignoring unreadable state file %s: %s", path, exc.__class__.__name__)
         return PersistedState()
     if not isinstance(data, dict):
         logger.warning("ignoring state file %s: not a JSON object", path)
@@ -65,7 +74,19 @@ def load(path: Path) -> PersistedState:
 
 
 def save(path: Path, state: PersistedState) -> None:
-    """Write the state atomically; raises OSError when it cannot."""
+    """Write the state atomically.
+
+    Raises :class:`StateNotSavedError` (naming the file and the reason) when it
+    cannot: a read-only or full file system, a directory in the way.
+    """
+    try:
+        _write(path, state)
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise StateNotSavedError(f"cannot save the state file {path}: {reason}") from None
+
+
+def _write(path: Path, state: PersistedState) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=path.parent)
     try:

@@ -14,7 +14,9 @@ The unit file (``systemd/sttd.service``) relies on:
 
 * ``READY=1`` once the bus name is owned (``Daemon.run``), and again after a
   reload;
-* ``STATUS=`` with the dictation state, shown by ``systemctl --user status``;
+* ``STATUS=`` with the dictation state, shown by ``systemctl --user status``
+  (redacted and cut by :func:`sttd.redact.outward`: an error message quoting
+  the server may echo the API key);
 * ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2``, sent from the event loop itself
   so that a stuck loop gets the daemon restarted;
 * ``RELOADING=1`` (with ``MONOTONIC_USEC``, which ``Type=notify-reload``
@@ -28,6 +30,8 @@ import os
 import socket
 import time
 from collections.abc import Callable
+
+from .redact import outward
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +57,14 @@ def _sender() -> Sender | None:
     return notify
 
 
-def _one_line(text: str) -> str:
+STATUS_CHARS = 200
+"""The longest ``STATUS=`` text sent (systemctl shows one line)."""
+
+
+def _status(text: str) -> str:
+    """The ``STATUS=`` assignment for ``text``: one line, redacted, bounded."""
     # A newline would end the STATUS= assignment and start another one.
-    return " ".join(text.split())
+    return "STATUS=" + outward(" ".join(text.split()), STATUS_CHARS)
 
 
 class Notifier:
@@ -84,18 +93,18 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         """Started (or reloaded): clients can call us now."""
-        self._send("READY=1", f"STATUS={_one_line(status)}")
+        self._send("READY=1", _status(status))
 
     def status(self, status: str) -> None:
         """The one-line status ``systemctl --user status sttd`` shows."""
-        self._send(f"STATUS={_one_line(status)}")
+        self._send(_status(status))
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
 
     def reloading(self) -> None:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self._send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", "STATUS=reloading the configuration")
+        self._send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", _status("reloading the configuration"))
 
     def stopping(self) -> None:
-        self._send("STOPPING=1", "STATUS=stopping")
+        self._send("STOPPING=1", _status("stopping"))
