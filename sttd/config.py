@@ -9,19 +9,27 @@ value of the wrong type or out of range is an error naming it too.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
-import re
+import stat
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from . import models
 from .errors import ConfigError, InvalidLanguageError
 from .languages import check_language
 from .protocol import SessionSettings, TurnDetection
+from .redact import excerpt
+from .triggers import compile_pattern
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime?intent=transcription"
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""A config file is a few hundred bytes; anything past this is not one (``/dev/zero``, a log file)."""
 
 
 @dataclass(frozen=True)
@@ -32,18 +40,26 @@ class RealtimeConfig:
     """"openai", "local", or "auto" (openai when credentials exist, else local)."""
     url: str = DEFAULT_URL
     """Websocket URL of the Realtime transcription endpoint."""
-    model: str = "gpt-4o-mini-transcribe"
-    """Transcription model."""
+    model: str = models.DEFAULT_MODEL
+    """Transcription model (see MODELS in the man page: what each takes and costs)."""
     language: str = ""
     """Default ISO-639-1 language until SetLanguage persists another; "" = automatic."""
+    languages: tuple[str, ...] = ()
+    """ISO-639-1 codes the speech may be in, for models that take a list; a set language wins."""
     prompt: str = ""
     """Vocabulary hints for the transcription model."""
+    keywords: tuple[str, ...] = ()
+    """Words and names the model should expect (gpt-transcribe, gpt-live-transcribe)."""
+    delay: str = ""
+    """How long the model may wait for context before emitting text (gpt-realtime-whisper); "" = its default."""
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     """The service's noise suppression."""
     api_key_file: str = ""
     """File holding the API key; else $CREDENTIALS_DIRECTORY/openai-api-key, else OPENAI_API_KEY."""
     token_url: str = ""
     """Optional: POST here for an ephemeral client secret instead of sending the API key."""
+    allow_insecure: bool = False
+    """Allow ws:// and http:// URLs to hosts other than this machine (the key would travel in clear text)."""
     max_reconnect_attempts: int = 3
     """Consecutive failed connection attempts before giving up."""
 
@@ -52,14 +68,15 @@ class RealtimeConfig:
 class TurnDetectionConfig:
     """``[turn_detection]``: how the end of an utterance is found."""
 
-    type: Literal["server_vad", "semantic_vad", "manual"] = "server_vad"
-    """"server_vad", "semantic_vad" or "manual" (commit on Stop)."""
+    type: Literal["auto", "client_vad", "server_vad", "semantic_vad", "manual"] = "auto"
+    """"auto" (the service's VAD where the model has one, else sttd's own), "client_vad", "server_vad",
+    "semantic_vad" or "manual" (commit on Stop)."""
     threshold: float = 0.5
-    """server_vad activation threshold, 0..1."""
+    """Speech activation threshold, 0..1, of server_vad and of sttd's own VAD."""
     prefix_padding_ms: int = 300
-    """Audio kept before detected speech."""
+    """Audio kept before detected speech (server_vad and sttd's own VAD)."""
     silence_duration_ms: int = 500
-    """Silence that ends an utterance."""
+    """Silence that ends an utterance (server_vad and sttd's own VAD)."""
 
 
 @dataclass(frozen=True)
@@ -134,15 +151,23 @@ class Config:
     output: OutputConfig = OutputConfig()
     local: LocalConfig = LocalConfig()
 
+    @property
+    def turn_mode(self) -> models.TurnMode:
+        """What ``[turn_detection] type`` means for the configured model ("auto" resolved)."""
+        return models.resolve_turn_detection(models.model_info(self.realtime.model), self.turn_detection.type)
+
     def session_settings(self, language: str) -> SessionSettings:
         """The Realtime session configuration for ``language`` (the persisted one)."""
-        td = self.turn_detection
+        rt, td = self.realtime, self.turn_detection
         return SessionSettings(
-            model=self.realtime.model,
+            model=rt.model,
             language=language,
-            prompt=self.realtime.prompt,
-            turn_detection=TurnDetection(td.type, td.threshold, td.prefix_padding_ms, td.silence_duration_ms),
-            noise_reduction=self.realtime.noise_reduction,
+            prompt=rt.prompt,
+            turn_detection=TurnDetection(self.turn_mode, td.threshold, td.prefix_padding_ms, td.silence_duration_ms),
+            noise_reduction=rt.noise_reduction,
+            languages=rt.languages,
+            keywords=rt.keywords,
+            delay=rt.delay,
         )
 
 
@@ -160,7 +185,7 @@ def load(path: Path | None = None) -> Config:
     explicit = path is not None
     path = path or default_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read(path)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{path}: no such file") from None
@@ -170,17 +195,43 @@ def load(path: Path | None = None) -> Config:
     return parse(text, source=str(path))
 
 
+def _read(path: Path) -> str:
+    """The file's text, if it is a regular file of sane size.
+
+    O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+    forever; on a regular file it changes nothing.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        # Read one byte past the limit: the file may have grown since fstat.
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)
+    finally:
+        os.close(fd)
+    if info.st_size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a config file")
+    return data.decode("utf-8")
+
+
 def parse(text: str, source: str = "config") -> Config:
     """Validate TOML text into a :class:`Config`."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+        raise ConfigError(f"{source}: invalid TOML: {excerpt(str(exc), 200)}") from None
+    except (RecursionError, MemoryError):
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     try:
         config: Config = _build(Config, data, prefix="")
         _check_values(config)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    except RecursionError:
+        # A value nested just below tomllib's limit can still exhaust the stack when shown.
+        raise ConfigError(f"{source}: a value is nested too deeply") from None
     return config
 
 
@@ -191,7 +242,8 @@ def _build(cls: type[Any], data: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{prefix}{key}: unknown key")
+            shown = key if key.isprintable() and len(key) <= 60 else excerpt(key)
+            raise ConfigError(f"{prefix}{shown}: unknown key")
     values = {}
     for name, value in data.items():
         kind = hints[name]
@@ -208,19 +260,20 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     if origin is Literal:
         choices = typing.get_args(kind)
         if value not in choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(repr(c) for c in choices)}, not {excerpt(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: must be a list of strings (an argv list), not {value!r}")
+            what = "a list of strings (an argv list)" if key.startswith("hooks.") else "a list of strings"
+            raise ConfigError(f"{key}: must be {what}, not {excerpt(value)}")
         return tuple(value)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: must be a number, not {value!r}")
+            raise ConfigError(f"{key}: must be a number, not {excerpt(value)}")
         return float(value)
     if kind in (int, str, bool):
         if type(value) is not kind:
-            raise ConfigError(f"{key}: must be {_TYPE_NAMES[kind]}, not {value!r}")
+            raise ConfigError(f"{key}: must be {_TYPE_NAMES[kind]}, not {excerpt(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {kind!r}")
 
@@ -230,16 +283,20 @@ _TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
 
 def _check_values(config: Config) -> None:
     rt, td, audio, hooks = config.realtime, config.turn_detection, config.audio, config.hooks
-    if not re.match(r"^wss?://", rt.url):
-        raise ConfigError(f"realtime.url: must be a ws:// or wss:// URL, not {rt.url!r}")
-    if rt.token_url and not re.match(r"^https?://", rt.token_url):
-        raise ConfigError(f"realtime.token_url: must be an http:// or https:// URL, not {rt.token_url!r}")
+    _check_url("realtime.url", rt.url, ("wss",), ("ws",), rt.allow_insecure)
+    if rt.token_url:
+        _check_url("realtime.token_url", rt.token_url, ("https",), ("http",), rt.allow_insecure)
     if not rt.model:
         raise ConfigError("realtime.model: must not be empty")
     try:
         check_language(rt.language)
     except InvalidLanguageError as exc:
         raise ConfigError(f"realtime.language: {exc}") from None
+    _check_languages(rt.languages)
+    _check_keywords(rt.keywords)
+    if rt.delay and rt.delay not in models.DELAYS:
+        choices = ", ".join(repr(d) for d in ("", *models.DELAYS))
+        raise ConfigError(f"realtime.delay: must be one of {choices}, not {excerpt(rt.delay)}")
     _check_range("realtime.max_reconnect_attempts", rt.max_reconnect_attempts, 0, 100)
     _check_range("turn_detection.threshold", td.threshold, 0.0, 1.0)
     _check_range("turn_detection.prefix_padding_ms", td.prefix_padding_ms, 0, 5000)
@@ -249,17 +306,131 @@ def _check_values(config: Config) -> None:
     _check_range("hooks.timeout_s", hooks.timeout_s, 0.1, 3600)
     _check_range("local.threads", config.local.threads, 0, 256)
     for name in ("send", "purge"):
-        pattern = getattr(config.triggers, name)
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"triggers.{name}: invalid regular expression: {exc}") from None
+            compile_pattern(getattr(config.triggers, name))
+        except ConfigError as exc:
+            raise ConfigError(f"triggers.{name}: {exc}") from None
     for name in ("transcript", "send", "purge"):
         argv = getattr(hooks, name)
         if argv and not argv[0]:
             raise ConfigError(f"hooks.{name}: the program (first element) must not be empty")
 
 
+def _check_url(key: str, url: str, secure: tuple[str, ...], clear: tuple[str, ...], allow_insecure: bool) -> None:
+    """A URL sttd sends the key to: encrypted, or in clear text only to this machine (or when allowed)."""
+    schemes = " or ".join(f"{s}://" for s in (*clear, *secure))
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a valid URL ({exc}): {excerpt(url)}") from None
+    if parts.scheme not in (*secure, *clear):
+        raise ConfigError(f"{key}: must be a {schemes} URL, not {excerpt(url)}")
+    if not host:
+        raise ConfigError(f"{key}: the URL has no host: {excerpt(url)}")
+    if parts.scheme in clear and not allow_insecure and not is_loopback(host):
+        raise ConfigError(
+            f"{key}: {parts.scheme}:// to {excerpt(host)} would send the API key in clear text: "
+            f"use {secure[0]}://, or set realtime.allow_insecure = true"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_languages(languages: tuple[str, ...]) -> None:
+    for code in languages:
+        if not code:
+            raise ConfigError("realtime.languages: '' is not a language (leave the list empty for automatic)")
+        try:
+            check_language(code)
+        except InvalidLanguageError as exc:
+            raise ConfigError(f"realtime.languages: {exc}") from None
+    if len(set(languages)) != len(languages):
+        raise ConfigError("realtime.languages: a language is listed twice")
+
+
+def _check_keywords(keywords: tuple[str, ...]) -> None:
+    if len(keywords) > models.MAX_KEYWORDS:
+        raise ConfigError(f"realtime.keywords: at most {models.MAX_KEYWORDS} keywords, not {len(keywords)}")
+    for keyword in keywords:
+        why = models.keyword_problem(keyword)
+        if why is not None:
+            raise ConfigError(f"realtime.keywords: {excerpt(keyword)} {why}")
+
+
 def _check_range(key: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{key}: must be between {low} and {high}, not {value!r}")
+
+
+# ------------------------------------------------------------- --check-config
+
+_TURN_MEANING = {
+    "server_vad": "the service's voice detection",
+    "semantic_vad": "the service's semantic voice detection",
+    "client_vad": "sttd's own",
+    "manual": "commit on Stop",
+}
+
+
+def check_report(config: Config) -> list[str]:
+    """What ``sttd --check-config`` tells about a valid config, one line each.
+
+    The model and its price, what turn detection comes of ``type`` for this
+    model, then one ``warning: <key>: <why>`` line for each setting the model
+    does not take, a deprecated or unknown model, and clear-text URLs.
+    """
+    rt, td = config.realtime, config.turn_detection
+    info = models.model_info(rt.model)
+    price = info.price if info.known else "price unknown"
+    lines = [f"model: {excerpt(rt.model) if not info.known else rt.model} ({price}), {_turn_line(config)}"]
+    problems = models.setting_problems(
+        info,
+        turn_detection=td.type,
+        languages=rt.languages,
+        keywords=rt.keywords,
+        prompt=rt.prompt,
+        delay=rt.delay,
+    )
+    lines += [f"warning: {key}: {why}" for key, why in problems]
+    if info.deprecated:
+        lines.append(
+            f"warning: realtime.model: {info.name} is deprecated and shut down on {info.shutdown}: "
+            f"use {info.replacement} (or {models.DEFAULT_MODEL}, the default)"
+        )
+    elif not info.known:
+        lines.append(
+            f"warning: realtime.model: unknown model {excerpt(rt.model)}: sttd sends the most conservative "
+            "session (one language, no keywords, sttd's own turn detection)"
+        )
+    lines += _insecure_lines(rt)
+    return lines
+
+
+def _turn_line(config: Config) -> str:
+    info = models.model_info(config.realtime.model)
+    mode = config.turn_mode
+    meaning = _TURN_MEANING[mode]
+    if mode == "client_vad" and info.needs_client_turns:
+        meaning += "; the model has none"
+    if config.turn_detection.type == "auto":
+        meaning = f"auto: {meaning}"
+    return f"turn detection: {mode} ({meaning})"
+
+
+def _insecure_lines(rt: RealtimeConfig) -> list[str]:
+    lines = []
+    for key, url in (("realtime.url", rt.url), ("realtime.token_url", rt.token_url)):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme in ("ws", "http") and not is_loopback(parts.hostname or ""):
+            lines.append(f"warning: {key}: {parts.scheme}:// to another host: the API key travels in clear text")
+    return lines

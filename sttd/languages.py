@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .errors import InvalidLanguageError
+from .redact import excerpt
 
 ISO_639_1 = frozenset(
     """
@@ -20,4 +21,7 @@ def check_language(code: str) -> str:
     """Return ``code`` if it is an ISO-639-1 code or "" (automatic); raise otherwise."""
     if code == "" or code in ISO_639_1:
         return code
-    raise InvalidLanguageError(f"{code!r} is not an ISO-639-1 language code (like 'en' or 'de') or '' for automatic")
+    # excerpt: the code comes from D-Bus or the config file and may be any length.
+    raise InvalidLanguageError(
+        f"{excerpt(code)} is not an ISO-639-1 language code (like 'en' or 'de') or '' for automatic"
+    )
