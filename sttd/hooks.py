@@ -13,13 +13,21 @@ Every command, hook or output tool, runs without a shell: ``argv`` is passed
 as is, the text arrives on standard input (an in-memory file holding exactly
 the text, no newline added) and never on the command line, and the
 environment gains ``STTD_EVENT``, ``STTD_LANGUAGE`` and ``STTD_ITEM_ID``.
-Each runs in a session of its own; at ``[hooks] timeout_s`` the whole process
-group is killed. A failure is logged with the exit status and reported to
-``on_error`` (the daemon turns it into the D-Bus ``Error`` signal) but never
-stops dictation. What a command prints is captured (the first few KiB) and
-logged at DEBUG only, since hooks may echo the transcript, which is never
-logged above DEBUG; the output of the built-in tools (xdotool, wl-copy, ...)
-is quoted in their failure messages.
+Each runs in a session and process group of its own. A hook command runs
+under a small supervisor (:mod:`sttd.hookgroup`, a child subreaper): when
+the hook exits, at ``[hooks] timeout_s`` and at shutdown, everything it
+started, also what it detached with ``&`` or ``setsid``, gets SIGTERM and,
+after :data:`KILL_GRACE_S`, SIGKILL. The built-in output tools run without
+it, in their own group killed at their timeout only: ``wl-copy`` and
+``xclip`` leave a child behind on purpose, to serve the clipboard. A failure
+is logged with the exit status and reported to ``on_error`` (the daemon
+turns it into the D-Bus ``Error`` signal) but never stops dictation. What a
+command prints is captured (the first few KiB) and logged at DEBUG only, as
+a short excerpt, since hooks may echo the transcript, which is never logged
+above DEBUG; the output of the built-in tools (xdotool, wl-copy, ...) is
+quoted, redacted and cut, in their failure messages. The text a command
+gets is redacted (:func:`sttd.redact.redact`) like everything else that
+leaves the process.
 """
 
 from __future__ import annotations
@@ -29,13 +37,16 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from . import hookgroup
 from .config import HooksConfig, OutputConfig
 from .errors import OutputError
 from .output import KEYMAP_RELEASE_S, TextOutput
+from .redact import excerpt, outward, redact
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +59,15 @@ QUEUE_SIZE = 256
 CAPTURE_BYTES = 4096
 """How much of a command's output is kept for the log."""
 OUTPUT_GRACE_S = 0.1
-"""After a command exits, how long to wait for the rest of its output (a background child may hold the pipe)."""
+"""After a command exits, how long to wait for the rest of its output (a built-in tool's child may hold the pipe)."""
+KILL_GRACE_S = 1.0
+"""Between SIGTERM and SIGKILL for what a hook left running, and for a hook that timed out or is stopped."""
+SUPERVISOR_MARGIN_S = 2.0
+"""How much longer than the grace the supervisor may take before the daemon kills everything itself."""
+LOGGED_OUTPUT_CHARS = 300
+"""How much of what a command printed a DEBUG line shows."""
+_SUPERVISOR = (sys.executable, "-I", "-S", os.path.abspath(hookgroup.__file__))
+"""How a hook's supervisor is started: this Python, isolated and without site-packages (it imports only the stdlib)."""
 PRIVATE_ENV = frozenset(
     {
         "OPENAI_API_KEY",
@@ -174,16 +193,17 @@ class HookRunner:
 
     async def _handle(self, job: _Job) -> None:
         env = {"STTD_EVENT": job.event, "STTD_LANGUAGE": job.language, "STTD_ITEM_ID": job.item_id}
-        logger.debug("hooks: %s event %r (item %s)", job.event, job.text, job.item_id or "-")
+        logger.debug("hooks: %s event %s (item %s)", job.event, excerpt(job.text), excerpt(job.item_id or "-"))
         self._env = env
+        text = redact(job.text)
         try:
-            if await self._output.deliver(job.event, job.text, self._output_command):
+            if await self._output.deliver(job.event, text, self._output_command):
                 self._problems.pop("output", None)
         except OutputError as exc:
             self._failed("output", "output", str(exc))
         argv = getattr(self._hooks, job.event)
         if argv:
-            await self._command(f"{job.event} hook", "hook", argv, job.text, env)
+            await self._command(f"{job.event} hook", "hook", argv, text, env)
 
     async def _output_command(
         self, argv: Sequence[str], stdin: str = "", *, env: Mapping[str, str] | None = None, timeout_s: float = 0
@@ -213,18 +233,18 @@ class HookRunner:
         timeout = max(self._hooks.timeout_s, timeout_s)
         program = argv[0]
         inherited = {key: value for key, value in os.environ.items() if key not in PRIVATE_ENV}
-        result = await run_command(argv, text, {**inherited, **env}, timeout)
+        result = await run_command(argv, text, {**inherited, **env}, timeout, contain=code == "hook")
         if result.output:
-            logger.debug("%s %s printed: %r", what, program, result.output)
+            logger.debug("%s %s printed: %s", what, program, excerpt(result.output, LOGGED_OUTPUT_CHARS))
         if result.error is not None:
             message = f"{what}: cannot run {program}: {result.error}"
         elif result.timed_out:
-            message = f"{what}: {program} did not finish within {timeout:g} s; killed its process group"
+            message = f"{what}: {program} did not finish within {timeout:g} s; killed it and what it started"
         elif result.status != 0:
             message = f"{what}: {program} {describe_status(result.status)}"
             if code == "output" and result.output.strip():
                 # The built-in tools do not echo the text; their complaint is what the user needs.
-                message += f": {result.output.strip()[-300:]}"
+                message += f": {outward(result.output.strip()[-300:])}"
         else:
             logger.debug("%s: %s exited with status 0", what, program)
             if code == "hook":
@@ -260,33 +280,20 @@ def describe_status(status: int | None) -> str:
     return f"exited with status {status}"
 
 
-async def run_command(argv: Sequence[str], text: str, env: Mapping[str, str], timeout: float) -> CommandResult:
-    """Run ``argv`` without a shell, ``text`` on stdin, in a new session; kill its process group at ``timeout``.
+async def run_command(
+    argv: Sequence[str], text: str, env: Mapping[str, str], timeout: float, *, contain: bool = False
+) -> CommandResult:
+    """Run ``argv`` without a shell, ``text`` on stdin, in a new session; stop it at ``timeout``.
 
-    Cancelling the caller kills the process group too, and waits for the
-    command to be reaped before the cancellation goes on.
+    With ``contain`` (hooks) it runs under :mod:`sttd.hookgroup`: whatever it
+    started is ended when it exits, and stopping it ends that too. Without
+    (the built-in tools), its process group is SIGKILLed at the timeout only.
+    Cancelling the caller stops the command the same way, and waits for it to
+    be reaped before the cancellation goes on.
     """
-    stdin = _memory_file(text)
     try:
-        read_end, write_end = os.pipe()
+        process, read_end, status_read = await _spawn(argv, text, env, contain)
     except OSError as exc:
-        os.close(stdin)
-        return CommandResult(None, "", error=exc.strerror or str(exc))
-    try:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=stdin,
-                stdout=write_end,
-                stderr=write_end,
-                env=dict(env),
-                start_new_session=True,
-            )
-        finally:
-            os.close(stdin)
-            os.close(write_end)
-    except OSError as exc:
-        os.close(read_end)
         return CommandResult(None, "", error=exc.strerror or str(exc))
     capture = _Capture(read_end, CAPTURE_BYTES)
     timed_out = False
@@ -296,16 +303,93 @@ async def run_command(argv: Sequence[str], text: str, env: Mapping[str, str], ti
                 await process.wait()
         except TimeoutError:
             timed_out = True
-            _kill_group(process.pid)
-            await process.wait()
+            await _stop(process, contain)
     except BaseException:
         if process.returncode is None:
-            _kill_group(process.pid)
-            await process.wait()
+            await _stop(process, contain)
         capture.close()
+        _close([status_read] if contain else [])
         raise
     output = await capture.finish(OUTPUT_GRACE_S)
-    return CommandResult(process.returncode, output, timed_out=timed_out)
+    if not contain:
+        return CommandResult(process.returncode, output, timed_out=timed_out)
+    status, error = _supervised_status(status_read, process.returncode)
+    return CommandResult(status, output, timed_out=timed_out, error=error)
+
+
+async def _spawn(
+    argv: Sequence[str], text: str, env: Mapping[str, str], contain: bool
+) -> tuple[asyncio.subprocess.Process, int, int]:
+    """Start ``argv`` (under the supervisor when ``contain``): the process, its output pipe, its status pipe (or -1).
+
+    Raises OSError when it cannot start; no descriptor is left open then.
+    """
+    opened: list[int] = []
+    try:
+        stdin = _memory_file(text)
+        opened.append(stdin)
+        read_end, write_end = os.pipe()
+        opened += [read_end, write_end]
+        status_read, status_write = os.pipe() if contain else (-1, -1)
+        opened += [status_read, status_write]
+        command = [*_SUPERVISOR, str(status_write), f"{KILL_GRACE_S:g}", *argv] if contain else list(argv)
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=stdin,
+            stdout=write_end,
+            stderr=write_end,
+            env=dict(env),
+            start_new_session=True,
+            pass_fds=(status_write,) if contain else (),
+        )
+    except BaseException:
+        _close(opened)
+        raise
+    _close([stdin, write_end, status_write])  # the child has its copies
+    return process, read_end, status_read
+
+
+def _supervised_status(fd: int, fallback: int | None) -> tuple[int | None, str | None]:
+    """The hook's status (or why it could not start) as :mod:`sttd.hookgroup` reported it on ``fd``."""
+    try:
+        os.set_blocking(fd, False)  # every writer is gone once the supervisor exited; never wait anyway
+        report = os.read(fd, 512).decode("utf-8", errors="replace")
+    except OSError:
+        report = ""
+    finally:
+        os.close(fd)
+    kind, _, value = report.partition(" ")
+    if kind == "error":
+        return None, value
+    if kind == "status" and value.lstrip("-").isdigit():
+        return int(value), None
+    return fallback, None  # the supervisor itself was killed
+
+
+async def _stop(process: asyncio.subprocess.Process, contained: bool) -> None:
+    """End a command that is still running and wait until it is reaped.
+
+    A supervised hook gets SIGTERM (its supervisor then ends everything the
+    hook started); if the supervisor is not gone in time, the daemon SIGKILLs
+    its group and every descendant itself.
+    """
+    if contained:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(KILL_GRACE_S + SUPERVISOR_MARGIN_S):
+                await asyncio.shield(process.wait())
+            return
+        except TimeoutError:
+            logger.warning("hook supervisor %d did not end in time; killing what it runs", process.pid)
+            hookgroup.signal_all(hookgroup.descendants(process.pid), signal.SIGKILL)
+    _signal_group(process.pid, signal.SIGKILL)
+    await asyncio.shield(process.wait())
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _memory_file(text: str) -> int:
@@ -323,13 +407,13 @@ def _memory_file(text: str) -> int:
     return fd
 
 
-def _kill_group(pgid: int) -> None:
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
     except PermissionError as exc:  # pragma: no cover - the group is ours
-        logger.warning("cannot kill process group %d: %s", pgid, exc)
+        logger.warning("cannot signal process group %d: %s", pgid, exc)
 
 
 class _Capture:
