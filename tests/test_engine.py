@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sttd import core
 from sttd import protocol as p
 from sttd.config import LocalConfig
+from sttd.models import TURN_DETECTION_REFUSED
 from sttd.engine.resample import Resampler, resample
 from sttd.engine.supervisor import EngineEndpoint, EngineError, EngineProcess, engine_available
 from sttd.engine.vad import WINDOW, InputBuffer, SpeechStart, SpeechStop, VadSettings
@@ -285,7 +286,8 @@ def test_a_spoken_turn_gets_every_event_in_order_and_each_matches_the_openai_mod
         updated = await c.update(language="en")
         config = updated["session"]["audio"]["input"]
         assert config["format"] == {"type": "audio/pcm", "rate": 24000}
-        assert config["transcription"] == {"model": engine.endpoint.model, "language": "en"}
+        # The model the client named (Whisper does the work whatever the name).
+        assert config["transcription"] == {"model": "gpt-4o-mini-transcribe", "language": "en"}
         assert config["turn_detection"] == {
             "type": "server_vad",
             "threshold": 0.5,
@@ -316,6 +318,7 @@ def test_a_spoken_turn_gets_every_event_in_order_and_each_matches_the_openai_mod
     assert onset_ms - 300 - 50 <= started["audio_start_ms"] <= onset_ms - 300 + 100
     assert end_ms + 500 <= stopped["audio_end_ms"] <= end_ms + 500 + 150
     completed = c.of("conversation.item.input_audio_transcription.completed")[0]
+    assert "languages" not in completed  # only the gpt-transcribe family reports them
     deltas = "".join(e["delta"] for e in c.of("conversation.item.input_audio_transcription.delta"))
     assert deltas.strip() == completed["transcript"]
     assert words(completed["transcript"]) == words(sentence)
@@ -376,17 +379,109 @@ def test_bad_requests_get_error_events_with_the_services_codes(engine: RunningEn
     assert len(c.of("error")) == 10
 
 
-def test_the_handshake_wants_the_engines_key_and_path(engine: RunningEngine) -> None:
+def test_each_model_name_gets_the_services_rules_and_a_refused_update_changes_nothing(engine: RunningEngine) -> None:
+    base = "session.audio.input.transcription"
+
+    async def body(c: Client) -> None:
+        async def answer(event_id: str, turn_detection: Any = "omit", **transcription: Any) -> dict[str, Any]:
+            audio_input: dict[str, Any] = {"transcription": transcription}
+            if turn_detection != "omit":
+                audio_input["turn_detection"] = turn_detection
+            session = {"type": "transcription", "audio": {"input": audio_input}}
+            await c.send({"type": "session.update", "event_id": event_id, "session": session})
+            return await c.next(lambda e: e["type"] in ("session.updated", "error"))
+
+        async def refused(event_id: str, turn_detection: Any = "omit", **transcription: Any) -> tuple[str, str]:
+            reply = await answer(event_id, turn_detection, **transcription)
+            assert reply["type"] == "error", reply
+            error = reply["error"]
+            assert (error["type"], error["event_id"]) == ("invalid_request_error", event_id)
+            return error["param"], error["message"]
+
+        server_vad = {"type": "server_vad"}
+        for model in ("gpt-live-transcribe", "gpt-realtime-whisper"):
+            param, message = await refused(f"evt_{model}", server_vad, model=model)
+            assert (param, message) == ("session.audio.input.turn_detection", TURN_DETECTION_REFUSED)
+        param, _ = await refused("evt_both", None, model="gpt-transcribe", language="en", languages=["en"])
+        assert param == f"{base}.languages"
+        param, _ = await refused("evt_keyword", None, model="gpt-live-transcribe", keywords=["ok", "<b>"])
+        assert param == f"{base}.keywords[1]"
+        param, _ = await refused("evt_prompt", None, model="gpt-realtime-whisper", prompt="expect names")
+        assert param == f"{base}.prompt"
+        param, _ = await refused("evt_delay", None, model="gpt-realtime-whisper", delay="sometime")
+        assert param == f"{base}.delay"
+
+        # None of that changed the session: it still has the engine's defaults.
+        reply = await answer("evt_unchanged", "omit")
+        assert reply["type"] == "session.updated"
+        audio_input = reply["session"]["audio"]["input"]
+        assert audio_input["transcription"] == {"model": engine.endpoint.model}
+        assert audio_input["turn_detection"]["type"] == "server_vad"
+
+        # Every name the service knows is served; a live model with turn detection left out has none.
+        reply = await answer("evt_live", model="gpt-live-transcribe", languages=["en", "de"], keywords=["milk"])
+        assert reply["type"] == "session.updated", reply
+        assert reply["session"]["audio"]["input"]["turn_detection"] is None
+        assert (await answer("evt_whisper", None, model="gpt-realtime-whisper", delay="low"))["type"] == (
+            "session.updated"
+        )
+        for model in ("gpt-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe", "whisper-1"):
+            reply = await answer(f"evt_{model}", server_vad, model=model)
+            assert reply["type"] == "session.updated", reply
+            assert reply["session"]["audio"]["input"]["transcription"]["model"] == model
+
+    session(engine, body)
+
+
+def test_client_commits_with_the_new_models_get_deltas_and_the_languages_the_service_reports(
+    engine: RunningEngine,
+) -> None:
+    sentence = SENTENCES[3]
+    said = np.concatenate([silence(0.3), speech(sentence), silence(0.3)])
+
+    async def body(c: Client) -> None:
+        for transcription in (
+            {"model": "gpt-live-transcribe", "languages": ["en", "de"], "keywords": ["tomorrow"]},
+            {"model": "gpt-transcribe"},  # no hint: Whisper detects the language
+            {"model": "gpt-realtime-whisper"},
+        ):
+            await c.update(None, **transcription)
+            await c.append(said)
+            await c.send({"type": "input_audio_buffer.commit"})
+            await c.turns_done(1)
+
+    c = session(engine, body)
+    completed = c.of("conversation.item.input_audio_transcription.completed")
+    assert [words(e["transcript"]) for e in completed] == [words(sentence)] * 3
+    assert [e.get("languages") for e in completed] == [[{"code": "en"}], [{"code": "en"}], None]
+    for done in completed:  # each turn's text comes as deltas first
+        kinds = [e["type"] for e in c.events if e.get("item_id") == done["item_id"]]
+        assert kinds[-2:] == ["conversation.item.input_audio_transcription.delta", kinds[-1]]
+
+
+def test_the_handshake_wants_the_engines_key_path_and_the_services_shape(engine: RunningEngine) -> None:
+    key = {"Authorization": f"Bearer {engine.api_key}"}
+    base = engine.url.split("?")[0]
+
+    async def refused(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(url, additional_headers=headers)
+        response = info.value.response
+        return response.status_code, json.loads(response.body)["error"]
+
     async def main() -> None:
-        with pytest.raises(InvalidStatus) as info:
-            await connect(engine.url, additional_headers={"Authorization": "Bearer sk-wrong"})
-        assert info.value.response.status_code == 401
-        with pytest.raises(InvalidStatus) as info:
-            await connect(engine.url)
-        assert info.value.response.status_code == 401
-        with pytest.raises(InvalidStatus) as info:
-            await connect(engine.url.replace("/v1/realtime", "/v1/other"))
-        assert info.value.response.status_code == 404
+        assert (await refused(engine.url, {"Authorization": "Bearer sk-wrong"}))[0] == 401
+        assert (await refused(engine.url))[0] == 401
+        assert (await refused(engine.url.replace("/v1/realtime", "/v1/other"), key))[0] == 404
+        # What the service refuses, so a client bug shows here too.
+        status, error = await refused(base, key)
+        assert (status, error["code"], error["param"]) == (400, "missing_required_parameter", "intent")
+        status, error = await refused(base + "?intent=conversation", key)
+        assert (status, error["code"], error["param"]) == (400, "invalid_value", "intent")
+        status, error = await refused(engine.url + "&model=gpt-live-transcribe", key)
+        assert (status, error["code"], error["param"]) == (400, "unknown_parameter", "model")
+        status, error = await refused(engine.url, {**key, "OpenAI-Beta": "realtime=v1"})
+        assert (status, error["code"], error["type"]) == (400, "beta_api_removed", "invalid_request_error")
 
     asyncio.run(main())
 

@@ -65,8 +65,21 @@ class Request:
     language: str = ""
     """ISO-639-1, or "" to detect it."""
     prompt: str = ""
+    hotwords: str = ""
+    """Words to expect (the session's ``keywords``)."""
     vad_threshold: float | None = None
     """Drop what Silero VAD does not call speech first (client commits, whose audio no VAD cut)."""
+    report_language: bool = False
+    """The session reports the detected language: detect it once up front rather than per segment."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One segment of a transcript, as the worker produces it."""
+
+    text: str
+    language: str
+    """The language it was decoded in; "" when each segment detected its own (not reported)."""
 
 
 class ModelUnavailableError(Exception):
@@ -127,7 +140,7 @@ class Transcriber:
             raise ModelUnavailableError(self.load_error) from None
         self._model = model
         loaded = time.monotonic()
-        list(self._segments(Request(np.zeros(16000, dtype=np.float32), language="en"), threading.Event()))
+        list(self._iter_segments(Request(np.zeros(16000, dtype=np.float32), language="en"), threading.Event()))
         logger.info(
             "model %s loaded in %.1f s (warm-up %.1f s) on %s, %s, %d threads",
             s.name,
@@ -138,25 +151,33 @@ class Transcriber:
             threads,
         )
 
-    def _segments(self, request: Request, abandoned: threading.Event) -> list[str]:
-        """Transcribe in the worker thread; returns the segment texts (used for the warm-up)."""
-        return list(self._iter_segments(request, abandoned))
+    def _language(self, request: Request) -> tuple[str, bool]:
+        """Whisper's language for this turn, and whether each segment detects its own instead."""
+        model = self._model
+        if not model.model.is_multilingual:
+            return "en", False  # an English-only model decodes English whatever it is told
+        if request.language:
+            return request.language, False
+        if request.report_language:
+            # One answer for the whole turn costs a second encoding of the window (as faster-whisper's
+            # own detection does); only sessions that report the language pay it.
+            language, _, _ = model.detect_language(request.audio)
+            return str(language), False
+        # Detect from the decoding window's own encoder output (see the module docstring).
+        return "en", True
 
     def _iter_segments(self, request: Request, abandoned: threading.Event) -> Any:
         model = self._model
-        language: str | None = request.language or None
-        multilingual = False
-        if language is None and model.model.is_multilingual:
-            # Detect from the decoding window's own encoder output (see the module docstring).
-            language, multilingual = "en", True
         options: dict[str, Any] = {}
         if request.vad_threshold is not None:
             options = {"vad_filter": True, "vad_parameters": {"threshold": request.vad_threshold}}
+        language, multilingual = self._language(request)
         segments, _ = model.transcribe(
             request.audio,
             language=language,
             multilingual=multilingual,
             initial_prompt=request.prompt or None,
+            hotwords=request.hotwords or None,
             beam_size=BEAM_SIZE,
             temperature=list(TEMPERATURES),
             condition_on_previous_text=False,
@@ -164,11 +185,11 @@ class Transcriber:
             **options,
         )
         for segment in segments:
-            yield segment.text
+            yield Piece(segment.text, "" if multilingual else language)
             if abandoned.is_set():
                 return
 
-    async def transcribe(self, request: Request) -> AsyncIterator[str]:
+    async def transcribe(self, request: Request) -> AsyncIterator[Piece]:
         """The transcript of one turn, segment by segment, as the worker produces them.
 
         Raises :class:`ModelUnavailableError` when the model could not be
@@ -193,8 +214,8 @@ class Transcriber:
                 put("error", ModelUnavailableError(self.load_error or "the model is not loaded"))
                 return
             try:
-                for text in self._iter_segments(request, abandoned):
-                    put("text", text)
+                for piece in self._iter_segments(request, abandoned):
+                    put("text", piece)
             except Exception as exc:  # reported to the session as a failed transcription
                 put("error", exc)
             else:
