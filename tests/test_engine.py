@@ -32,10 +32,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from sttd import core
 from sttd import protocol as p
 from sttd.config import LocalConfig
-from sttd.models import TURN_DETECTION_REFUSED
 from sttd.engine.resample import Resampler, resample
 from sttd.engine.supervisor import EngineEndpoint, EngineError, EngineProcess, engine_available
 from sttd.engine.vad import WINDOW, InputBuffer, SpeechStart, SpeechStop, VadSettings
+from sttd.models import TURN_DETECTION_REFUSED
 
 from .bus import SessionBus, wait_until
 from .daemon import Listener, Sttd
