@@ -166,7 +166,7 @@ class TranscriptAssembler:
     def committed(self, item_id: str, previous_item_id: str | None) -> None:
         if item_id in self._items:
             return
-        self._items[item_id] = self._early.pop(item_id, None) or _Item(item_id)
+        self._items[item_id] = self._early.pop(item_id, _Item(item_id))
         if previous_item_id in self._order:
             self._order.insert(self._order.index(previous_item_id) + 1, item_id)
         else:
