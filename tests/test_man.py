@@ -4,7 +4,8 @@
   ``groff -man -ww`` (which always exits 0) says nothing on stderr.
 * ``sttd.toml(5)`` documents every config key, walking the dataclasses of
   :class:`sttd.config.Config`, in its section and with its default, and no
-  key that does not exist.
+  key that does not exist; its MODELS tables agree with :mod:`sttd.models`
+  (price, live text, turn detection, fields, shutdown date) for every model.
 * ``sttd(1)`` and ``sttctl(1)`` document every option, choice and command of
   their argparse parsers, every exit status, and every environment variable
   the code reads.
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 
 import sttd
-from sttd import config, ctl, daemon
+from sttd import config, ctl, daemon, models
 from sttd.errors import SttdError
 
 from .bus import require
@@ -92,6 +93,16 @@ def items(element: ET.Element) -> dict[str, tuple[str, str]]:
             tag = text(dt)
             found[tag.split()[0]] = (tag, text(dd))
     return found
+
+
+def table_rows(element: ET.Element) -> dict[str, dict[str, str]]:
+    """The rows of every table (tbl) under ``element``, merged by their first cell: heading -> cell."""
+    rows: dict[str, dict[str, str]] = {}
+    for table in element.iter("table"):
+        header, *body = [[text(cell) for cell in tr.iter("td")] for tr in table.iter("tr")]
+        for cells in body:
+            rows.setdefault(cells[0], {}).update(zip(header, cells, strict=True))
+    return rows
 
 
 def words(value: str) -> set[str]:
@@ -181,6 +192,45 @@ def test_every_choice_of_a_config_key_is_documented() -> None:
             if typing.get_origin(hint) is typing.Literal:
                 for choice in typing.get_args(hint):
                     assert f'"{choice}"' in documented[key][1], f"[{name}] {key}: choice {choice!r} is not described"
+
+
+def _takes(info: models.ModelInfo) -> str:
+    fields = ["languages" if info.languages else "language"]
+    fields += [name for name in ("keywords", "prompt", "delay") if getattr(info, name)]
+    return ", ".join(fields)
+
+
+def test_the_models_section_agrees_with_the_model_table() -> None:
+    section = Page("sttd.toml.5").section("MODELS")
+    rows, prose = table_rows(section), text(section)
+    unknown = set(rows) - set(models.MODELS)
+    assert not unknown, f"the page lists models sttd does not know: {unknown}"
+    for name, info in models.MODELS.items():
+        if name not in rows:
+            # A snapshot may share its model's row: the text names it, and it must be alike in every respect.
+            assert name in prose, f"{name} is neither in the MODELS tables nor in their text"
+            assert any(dataclasses.replace(info, name=other) == models.MODELS[other] for other in rows), name
+            continue
+        expected = {
+            "model": name,
+            "text": "live" if info.live else "per turn",
+            "per minute": info.price.replace(" per minute", ""),
+            "shut down": info.shutdown or "-",
+            "VAD": "both" if info.service_vad else "sttd",
+            "takes": _takes(info),
+        }
+        assert rows[name] == expected, f"MODELS, {name}: the page says {rows[name]}, sttd.models {expected}"
+        if info.deprecated:
+            assert info.replacement in prose, f"{name}: its replacement {info.replacement} is not named"
+
+
+def test_the_default_model_and_its_price_are_stated() -> None:
+    man = Page("sttd.toml.5")
+    tag, description = items(man.section("[realtime]", man.section("DESCRIPTION")))["model"]
+    default = models.MODELS[models.DEFAULT_MODEL]
+    assert tag == f'model = "{models.DEFAULT_MODEL}"'
+    assert f"The default, {default.name}, costs {default.price}" in description
+    assert f"The default is {default.name}" in text(man.section("MODELS"))
 
 
 def test_the_privacy_trade_off_of_preroll_is_spelled_out() -> None:
