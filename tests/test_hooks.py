@@ -278,6 +278,113 @@ def test_events_nobody_wants_are_not_queued() -> None:
     assert runner.waiting == 0
 
 
+# ------------------------------------------------------------ what a hook leaves behind
+
+SPAWNER = r"""
+import json, os, subprocess, sys, time
+marker, out, mode = sys.argv[1:4]
+kids = [
+    subprocess.Popen(["sleep", marker + "1"]),  # cmd &
+    subprocess.Popen(["setsid", "sleep", marker + "2"]),  # setsid cmd &: a session and group of its own
+    subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep " + marker + "3"]),  # ignores SIGTERM
+]
+def running(pid, suffix):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return (marker + suffix).encode() in f.read()
+deadline = time.monotonic() + 10
+while not all(running(k.pid, str(n + 1)) for n, k in enumerate(kids)) and time.monotonic() < deadline:
+    time.sleep(0.01)
+with open(out, "w") as f:
+    json.dump({"session": os.getsid(0), "sessions": [os.getsid(k.pid) for k in kids]}, f)
+if mode == "hang":
+    time.sleep(600)
+"""
+
+
+def marked(marker: str) -> list[int]:
+    """The live processes with an argument starting with ``marker`` (a zombie has no command line)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(arg.startswith(marker.encode()) for arg in args):
+                found.append(int(entry))
+    return found
+
+
+class Spawner:
+    """A hook that starts ``sleep MARKER1 &``, ``setsid sleep MARKER2 &`` and a SIGTERM-ignoring
+    ``sleep MARKER3 &``, then exits (or, with ``hang``, sleeps); the marker finds them afterwards."""
+
+    def __init__(self, directory: Path, mode: str = "exit") -> None:
+        self.marker = f"600.{os.getpid()}{time.monotonic_ns() % 100000:05d}"
+        self.script = directory / "spawner.py"
+        self.script.write_text(SPAWNER, encoding="utf-8")
+        self.out = directory / f"spawned-{self.marker}.json"
+        self.argv = (sys.executable, str(self.script), self.marker, str(self.out), mode)
+
+    def started(self) -> dict[str, Any]:
+        wait_until(self.out.exists, 15, "the hook to start its children")
+        spawned: dict[str, Any] = json.loads(self.out.read_text())
+        # The setsid child really left the hook's session (a process-group kill would miss it).
+        assert spawned["sessions"][0] == spawned["session"] != spawned["sessions"][1]
+        return spawned
+
+    def none_left(self) -> None:
+        wait_until(lambda: not marked(self.marker), 10, f"no process of {self.marker} left; saw {marked(self.marker)}")
+
+
+def test_what_a_hook_started_ends_when_the_hook_exits(tmp_path: Path) -> None:
+    spawner = Spawner(tmp_path)
+    errors = Errors()
+    runner = HookRunner(HooksConfig(send=spawner.argv, timeout_s=30), OutputConfig(), on_error=errors)
+    run_async(handle(runner, [("send", "go")]))
+    spawner.started()
+    spawner.none_left()
+    assert errors == []  # the hook itself succeeded
+
+
+def test_what_a_hook_started_ends_when_the_hook_times_out(tmp_path: Path) -> None:
+    spawner = Spawner(tmp_path, "hang")
+    errors = Errors()
+    runner = HookRunner(HooksConfig(send=spawner.argv, timeout_s=2), OutputConfig(), on_error=errors)
+    run_async(handle(runner, [("send", "go")]))
+    spawner.started()
+    spawner.none_left()
+    assert errors == [("hook", f"send hook: {sys.executable} did not finish within 2 s; killed it and what it started")]
+
+
+def test_stopping_the_worker_ends_what_a_running_hook_started(tmp_path: Path) -> None:
+    spawner = Spawner(tmp_path, "hang")
+    runner = HookRunner(HooksConfig(send=spawner.argv, timeout_s=600), OutputConfig())
+
+    async def go() -> None:
+        worker = asyncio.create_task(runner.run())
+        runner.submit("send", "go", language="")
+        while not spawner.out.exists():
+            await asyncio.sleep(0.02)
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(worker, 10)
+
+    run_async(go(), timeout=30)
+    spawner.started()
+    spawner.none_left()
+
+
+def test_a_hook_never_gets_a_secret_on_stdin(tmp_path: Path) -> None:
+    from sttd.redact import register_secret
+
+    register_secret("a-registered-secret-for-hooks")
+    rec = Recorder(tmp_path)
+    runner = HookRunner(HooksConfig(send=rec.argv()), OutputConfig())
+    run_async(handle(runner, [("send", "say a-registered-secret-for-hooks and sk-proj-0123456789abcdef")]))
+    assert [r["stdin"] for r in rec.records()] == ["say [redacted] and [redacted]"]
+
+
 # ------------------------------------------------------------ built-in outputs
 
 
@@ -700,3 +807,18 @@ def test_type_mode_through_the_daemon_types_and_presses_return(
     finally:
         listener.close()
     assert "output: typing with xdotool" in sttd.log
+
+
+def test_stopping_sttd_ends_what_its_running_hook_started(
+    tmp_path: Path, start_sttd: Callable[..., Sttd], realtime_server: FakeRealtimeServer
+) -> None:
+    spawner = Spawner(tmp_path, "hang")
+    sttd = start_sttd(f"\n[hooks]\ntranscript = {json.dumps(list(spawner.argv))}\ntimeout_s = 600\n")
+    listener = listening(sttd)
+    try:
+        realtime_server.force_turn("start them")
+        spawner.started()
+    finally:
+        listener.close()
+    assert sttd.terminate() == 0
+    spawner.none_left()
