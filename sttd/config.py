@@ -46,10 +46,10 @@ class RealtimeConfig:
     """Default ISO-639-1 language until SetLanguage persists another; "" = automatic."""
     languages: tuple[str, ...] = ()
     """ISO-639-1 codes the speech may be in, for models that take a list; a set language wins."""
-    prompt: str = ""
-    """Vocabulary hints for the transcription model."""
     keywords: tuple[str, ...] = ()
     """Words and names the model should expect (gpt-transcribe, gpt-live-transcribe)."""
+    prompt: str = ""
+    """Vocabulary hints for the transcription model."""
     delay: str = ""
     """How long the model may wait for context before emitting text (gpt-realtime-whisper); "" = its default."""
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
@@ -402,6 +402,11 @@ def check_report(config: Config) -> list[str]:
         delay=rt.delay,
     )
     lines += [f"warning: {key}: {why}" for key, why in problems]
+    if rt.language and rt.languages:
+        lines.append(
+            f"warning: realtime.languages: realtime.language ({rt.language}) is sent instead of the list "
+            "(the service takes only one of them)"
+        )
     if info.deprecated:
         lines.append(
             f"warning: realtime.model: {info.name} is deprecated and shut down on {info.shutdown}: "

@@ -217,6 +217,11 @@ def test_check_report_warns_of_a_setting_the_model_does_not_take() -> None:
     assert any(line.startswith("warning: realtime.keywords: ") for line in whisper)
 
 
+def test_check_report_says_that_a_set_language_wins_over_the_list() -> None:
+    report = config.check_report(config.parse("[realtime]\nlanguage = 'de'\nlanguages = ['en', 'de']"))
+    assert any(line.startswith("warning: realtime.languages: realtime.language (de) is sent") for line in report)
+
+
 def test_check_report_names_the_shutdown_date_and_replacement_of_a_deprecated_model() -> None:
     report = config.check_report(config.parse("[realtime]\nmodel = 'gpt-4o-mini-transcribe'"))
     assert report[0].startswith(
@@ -243,6 +248,7 @@ def test_check_report_warns_of_an_unknown_model() -> None:
         ("url", "ws://example.com/v1/realtime"),
         ("url", "ws://192.168.1.10:8080/"),
         ("url", "ws://[2001:db8::1]/"),
+        ("url", "ws://127.0.0.1@example.com/"),
         ("token_url", "http://example.com/token"),
         ("token_url", "http://10.0.0.1/token"),
     ],
