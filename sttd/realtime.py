@@ -1,19 +1,17 @@
 """The websocket session with the Realtime service, across reconnects and rollovers.
 
-One :class:`RealtimeSession` lives for one dictation (Start to Stop). It
-keeps two pieces of audio so that no word is lost:
-
-* the *backlog*: audio captured but not yet sent (while connecting, while
-  reconnecting, or simply not yet written), bounded in seconds;
-* the *replay log*: audio already sent on the current connection that the
-  service has not turned into finished transcripts yet. When the connection
-  drops, that audio is sent again on the next one, so an utterance cut in
-  half by a drop is transcribed whole.
+One :class:`RealtimeSession` lives for one dictation (Start to Stop). Its
+:class:`~sttd.ledger.AudioLedger` holds the audio not yet sent and the audio
+the service still owes transcripts for, so a drop or a rollover loses no
+word: that audio is sent again on the next connection.
 
 Failures are split by an explicit list: a lost connection, the recoverable
 close codes, a handshake timeout and HTTP 5xx reconnect with capped
-exponential backoff; bad credentials, a refused request and HTTP 401/403 end
-the dictation in ``error`` without retrying.
+exponential backoff, never faster than a hard floor, and at most
+``max_reconnect_attempts`` times in a row; bad credentials, a refused request
+and HTTP 401/403 end the dictation in ``error`` without retrying. What a
+server says (error messages, close reasons) reaches logs and errors only as a
+short, redacted excerpt.
 """
 
 from __future__ import annotations
@@ -25,10 +23,9 @@ import json
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -36,6 +33,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from . import protocol as p
 from .credentials import CredentialSource
 from .errors import ProtocolError, SessionError
+from .ledger import AudioLedger
+from .redact import excerpt
+
+if TYPE_CHECKING:
+    from .vad import SpeechStarted, SpeechStopped, VoiceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +51,15 @@ FATAL_CLOSE_CODES = {
 }
 
 MAX_DURATION_HINT = "maximum duration"
-IDLE_REPLAY_BYTES = 2000 * p.BYTES_PER_MS
-"""After a drop with no turn owed, the audio resent: the last 2 s (a word the VAD had not flagged yet)."""
-REPLAY_FRAME_BYTES = 100 * p.BYTES_PER_MS
-"""Resent audio goes out in 100 ms appends, not one event the size of the whole log."""
+SERVICE_MAX_SESSION_S = 60 * 60.0
+"""The service ends every session after 60 minutes, with close 1001 and a "maximum duration" reason."""
 FLUSH_GRACE_S = 0.3
 """On Stop, how long to wait for the service to notice speech in the last frames before deciding
 there is nothing to commit (its VAD reports speech_started a little after the audio)."""
+CLIENT_TURN_PREFIX = "sttd_turn_"
+"""Item ids of the speech_started/stopped events sttd's own voice detection reports to the core."""
+EXCERPT_CHARS = 200
+"""What a server's error message or close reason may add to a log line or LastError."""
 
 
 @dataclass(frozen=True)
@@ -65,17 +69,24 @@ class SessionOptions:
     url: str
     settings: p.SessionSettings
     max_reconnect_attempts: int = 3
+    """Consecutive failed connections (per dictation) before it ends in error."""
     connect_timeout_s: float = 10.0
     """Handshake plus session.update/session.updated."""
     ping_interval_s: float = 10.0
     ping_timeout_s: float = 10.0
     """A dead connection is noticed within interval + timeout."""
     backlog_s: float = 120.0
-    """Audio kept while disconnected; older audio beyond it is dropped and counted."""
+    """Audio kept while disconnected, and sent audio kept for replay; older audio is dropped and counted."""
     flush_timeout_s: float = 10.0
-    """How long Stop waits for the last transcripts."""
+    """How long Stop waits for the last transcripts, reconnects included."""
     rollover_after_s: float = 55 * 60.0
     """Start a new session at the next turn boundary after this long (the service stops at 60 min)."""
+    min_rollover_s: float = 50 * 60.0
+    """A "maximum duration" close earlier than this is not the service's limit: it counts as a failure."""
+    healthy_after_s: float = 60.0
+    """A connection that lived this long (or had a turn committed) resets the failure count."""
+    min_attempt_interval_s: float = 1.0
+    """Hard floor between the starts of two connection attempts, whatever the reason."""
     backoff_base_s: float = 0.5
     backoff_max_s: float = 8.0
 
@@ -117,19 +128,12 @@ class _Retry(Exception):
         """Our own rollover between turns: nothing is owed, nothing to announce."""
 
 
-@dataclass
-class _Turn:
-    item_id: str
-    end_ms: int
-    done: bool = False
-
-
 class _Flush:
-    """The bounds of one Stop's flush."""
+    """The bounds of one Stop's flush on one connection."""
 
-    def __init__(self, now: float, timeout_s: float) -> None:
-        self.deadline = now + timeout_s
-        self.grace_until = now + FLUSH_GRACE_S
+    def __init__(self, now: float, deadline: float) -> None:
+        self.deadline = deadline
+        self.grace_until = min(now + FLUSH_GRACE_S, deadline)
         self.committed = False
 
     def next_check(self) -> float:
@@ -138,128 +142,18 @@ class _Flush:
         return max(0.0, wake - now)
 
 
-class AudioLedger:
-    """Audio bookkeeping for one dictation: backlog, replay log and turns. No I/O.
-
-    Positions are in milliseconds of the *current connection's* audio
-    timeline, which is what the service's ``audio_end_ms`` refers to.
-    """
-
-    def __init__(self, backlog_bytes: int) -> None:
-        self._backlog: deque[bytes] = deque()
-        self._backlog_bytes = 0
-        self._limit = backlog_bytes
-        self.dropped_bytes = 0
-        self._in_flight = False
-        self._log = bytearray()
-        self._log_start = 0  # byte offset of _log[0] on the connection's timeline
-        self._sent = 0  # bytes sent on this connection
-        self._turns: deque[_Turn] = deque()
-        self._committed_at = 0  # byte offset up to which audio is committed
-        self._speech_end: dict[str, int] = {}
-        self.in_speech = False
-        self.awaiting_commit = False
-
-    # -- capture side
-
-    def add(self, pcm: bytes) -> None:
-        self._backlog.append(pcm)
-        self._backlog_bytes += len(pcm)
-        # Drop the oldest audio beyond the bound, but never the frame being written right now.
-        oldest = 1 if self._in_flight else 0
-        while self._backlog_bytes > self._limit and len(self._backlog) > oldest + 1:
-            old = self._backlog[oldest]
-            del self._backlog[oldest]
-            self._backlog_bytes -= len(old)
-            self.dropped_bytes += len(old)
-
-    @property
-    def backlog_empty(self) -> bool:
-        return not self._backlog
-
-    def next_frame(self) -> bytes | None:
-        """The oldest frame not yet sent; it stays queued until :meth:`sent` says it went out."""
-        if not self._backlog:
-            return None
-        self._in_flight = True
-        return self._backlog[0]
-
-    def sent(self) -> None:
-        """The frame :meth:`next_frame` returned was written to the connection."""
-        self._in_flight = False
-        pcm = self._backlog.popleft()
-        self._backlog_bytes -= len(pcm)
-        self._log += pcm
-        self._sent += len(pcm)
-
-    # -- service side
-
-    @property
-    def uncommitted_ms(self) -> int:
-        return (self._sent - self._committed_at) // p.BYTES_PER_MS
-
-    @property
-    def outstanding(self) -> int:
-        return sum(1 for turn in self._turns if not turn.done)
-
-    def event(self, event: p.ServerEvent) -> None:
-        match event:
-            case p.SpeechStarted():
-                self.in_speech = True
-            case p.SpeechStopped(item_id, audio_end_ms):
-                self.in_speech = False
-                self.awaiting_commit = True
-                self._speech_end[item_id] = audio_end_ms * p.BYTES_PER_MS
-            case p.Committed(item_id):
-                self.in_speech = self.awaiting_commit = False
-                end = self._speech_end.pop(item_id, self._sent)
-                self._committed_at = max(self._committed_at, min(end, self._sent))
-                self._turns.append(_Turn(item_id, self._committed_at))
-            case p.TranscriptionCompleted(item_id) | p.TranscriptionFailed(item_id):
-                self._finish_turn(item_id)
-
-    def manual_commit(self) -> None:
-        """The client committed: a commit event follows, and it ends here."""
-        self.awaiting_commit = True
-
-    def _finish_turn(self, item_id: str) -> None:
-        for turn in self._turns:
-            if turn.item_id == item_id:
-                turn.done = True
-        # Audio up to the end of the leading finished turns will never be needed again.
-        while self._turns and self._turns[0].done:
-            self._trim(self._turns.popleft().end_ms)
-
-    def _trim(self, upto: int) -> None:
-        cut = max(0, min(upto - self._log_start, len(self._log)))
-        del self._log[:cut]
-        self._log_start += cut
-
-    def connection_lost(self) -> int:
-        """Put the unconfirmed audio back in front of the backlog; returns its length in ms."""
-        self._in_flight = False  # that frame was not confirmed written: it goes again
-        replay = bytes(self._log)
-        if not (self._turns or self.in_speech or self.awaiting_commit):
-            # Nothing owed: only the last moments, where speech may have begun unnoticed.
-            replay = replay[-IDLE_REPLAY_BYTES:]
-        replay = replay[-self._limit :]
-        frames = [replay[i : i + REPLAY_FRAME_BYTES] for i in range(0, len(replay), REPLAY_FRAME_BYTES)]
-        self._backlog.extendleft(reversed(frames))
-        self._backlog_bytes += len(replay)
-        self._log.clear()
-        self._log_start = self._sent = self._committed_at = 0
-        self._turns.clear()
-        self._speech_end.clear()
-        self.in_speech = self.awaiting_commit = False
-        return len(replay) // p.BYTES_PER_MS
-
-
 class RealtimeSession:
     """One dictation's conversation with the service.
 
     Call :meth:`send_audio` for every captured frame (from the event loop),
     run :meth:`run` as a task, and end with :meth:`finish` (flush and wait
     for transcripts) or :meth:`cancel` (drop everything).
+
+    With ``turn_detection`` of type ``client_vad`` (models without the
+    service's voice detection), sttd's own :class:`~sttd.vad.VoiceDetector`
+    listens to the captured frames: its decisions reach the listener as the
+    service's ``speech_started``/``speech_stopped`` would, and each turn is
+    committed where the speech ended.
     """
 
     def __init__(
@@ -269,26 +163,46 @@ class RealtimeSession:
         listener: SessionListener,
         *,
         target: Target | None = None,
+        detector: VoiceDetector | None = None,
     ) -> None:
         """``target``, when given, is asked for the URL and credentials before every connection
-        attempt (a local engine that restarted listens on a new port with a new key)."""
+        attempt (a local engine that restarted listens on a new port with a new key).
+        ``detector`` is the voice detector for ``client_vad`` (made here if not given)."""
         self._options = options
         self._settings = options.settings
         self._credentials = credentials
         self._target = target or self._fixed_target
-        self._configured = False
         self._listener = listener
         self._events = p.ClientEvents()
         self._ledger = AudioLedger(int(options.backlog_s * 1000) * p.BYTES_PER_MS)
+        self._detector: VoiceDetector | None = None
+        self._turns = 0
+        self._use_settings(options.settings, detector)
         self._phase = _Phase.RUNNING
+        self._finish_by = float("inf")
         self._wake = asyncio.Event()
         self._cancelled = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._update_id: str | None = None
-        self._done = asyncio.Event()
+        self._connected_at = 0.0
+        self._healthy = False
 
     async def _fixed_target(self) -> tuple[str, CredentialSource]:
         return self._options.url, self._credentials
+
+    def _use_settings(self, settings: p.SessionSettings, detector: VoiceDetector | None = None) -> None:
+        self._settings = settings
+        td = settings.turn_detection
+        if td.type != "client_vad":
+            self._detector = None
+        elif self._detector is None:
+            # Imported here: ONNX Runtime is loaded only by dictations that use sttd's own detection.
+            from .vad import VadSettings, VoiceDetector
+
+            vad_settings = VadSettings(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
+            self._detector = detector or VoiceDetector(vad_settings)
+        self._ledger.client_turns = td.type in ("client_vad", "manual")
+        self._ledger.client_speech = self._detector is not None and self._detector.in_speech
 
     # -- called by the daemon
 
@@ -297,11 +211,29 @@ class RealtimeSession:
         if self._phase is _Phase.CANCELLED:
             return
         self._ledger.add(pcm)
+        if self._detector is not None:
+            for decision in self._detector.feed(pcm):
+                self._turn_decided(decision)
         self._wake.set()
+
+    def _turn_decided(self, decision: SpeechStarted | SpeechStopped) -> None:
+        """sttd's own voice detection heard a turn begin or end."""
+        from .vad import SpeechStarted
+
+        event: p.ServerEvent
+        if isinstance(decision, SpeechStarted):
+            self._turns += 1
+            event = p.SpeechStarted(f"{CLIENT_TURN_PREFIX}{self._turns}", decision.audio_start_ms)
+        else:
+            # Everything captured up to here is the turn; what follows belongs to the next one.
+            self._ledger.add_commit()
+            event = p.SpeechStopped(f"{CLIENT_TURN_PREFIX}{self._turns}", decision.audio_end_ms)
+        self._ledger.client_speech = isinstance(decision, SpeechStarted)
+        self._listener.session_event(event)
 
     async def update(self, settings: p.SessionSettings) -> None:
         """Apply new settings (a language change) to the live session, or the next one."""
-        self._settings = settings
+        self._use_settings(settings)
         ws = self._ws
         if ws is not None:
             event = self._events.session_update(settings)
@@ -313,6 +245,7 @@ class RealtimeSession:
         """Flush: send what is left, commit speech in progress, wait (bounded) for its transcript, close."""
         if self._phase is _Phase.RUNNING:
             self._phase = _Phase.FINISHING
+            self._finish_by = time.monotonic() + self._options.flush_timeout_s
             self._wake.set()
 
     def cancel(self) -> None:
@@ -326,56 +259,99 @@ class RealtimeSession:
     async def run(self) -> None:
         """Connect and pump until finished or cancelled; reconnects on recoverable failures.
 
-        Raises :class:`SessionError` for failures that retrying cannot fix.
-        Cancelling the task closes the connection.
+        Raises :class:`SessionError` for failures that retrying cannot fix, and
+        when ``max_reconnect_attempts`` connections in a row failed (a
+        connection counts as working only once a turn was committed on it or it
+        lived ``healthy_after_s``). Cancelling the task closes the connection.
         """
         failures = 0
+        last_attempt = -float("inf")
         while self._phase is not _Phase.CANCELLED:
-            self._configured = False
+            await self._sleep_unless_cancelled(last_attempt + self._options.min_attempt_interval_s - time.monotonic())
+            if self._gave_up_finishing():
+                return
+            last_attempt = time.monotonic()
+            self._healthy, self._connected_at = False, float("inf")
             try:
                 await self._connection()
                 return
             except _Retry as exc:
                 if self._cancelled.is_set():
                     return
-                if self._configured:
-                    failures = 0  # that connection worked: only consecutive failures count
-                failures = failures + 1 if exc.counts else 0
-                if failures > self._options.max_reconnect_attempts:
-                    message = f"gave up after {failures} failed connection attempts: {exc}"
-                    raise SessionError(message, retryable=False, code="connection") from None
-                replay_ms = self._ledger.connection_lost()
-                if exc.planned:
-                    logger.info("%s; continuing on a new session", exc)
-                else:
-                    logger.warning("connection lost (%s); reconnecting, %d ms of audio to resend", exc, replay_ms)
-                    self._listener.session_reconnecting(str(exc))
+                failures = self._count(failures, exc)
+                self._announce(exc)
                 if exc.counts:
-                    await self._sleep_unless_cancelled(self._backoff(failures))
+                    await self._sleep_unless_cancelled(min(self._backoff(failures), self._finish_by - time.monotonic()))
                 if self._phase is _Phase.FINISHING and self._ledger.backlog_empty:
                     return  # nothing left that a new connection could transcribe
             finally:
                 self._ws = None
+
+    def _count(self, failures: int, exc: _Retry) -> int:
+        """The consecutive failures after this one; raises when they are too many."""
+        if self._healthy or time.monotonic() - self._connected_at >= self._options.healthy_after_s:
+            failures = 0  # that connection worked: only consecutive failures count
+        if not exc.counts:
+            return failures
+        failures += 1
+        if failures > self._options.max_reconnect_attempts:
+            message = f"gave up after {failures} failed connection attempts: {exc}"
+            raise SessionError(message, retryable=False, code="connection") from None
+        return failures
+
+    def _announce(self, exc: _Retry) -> None:
+        replay_ms = self._ledger.connection_lost(time.monotonic())
+        if exc.planned:
+            logger.info("%s; continuing on a new session", exc)
+        else:
+            logger.warning("connection lost (%s); reconnecting, %d ms of audio to resend", exc, replay_ms)
+            self._listener.session_reconnecting(str(exc))
+
+    def _gave_up_finishing(self) -> bool:
+        if self._phase is _Phase.FINISHING and time.monotonic() >= self._finish_by:
+            logger.warning("stopped without reconnecting: the flush timed out")
+            return True
+        return False
 
     # -- one connection
 
     async def _connection(self) -> None:
         ws = await self._open()
         self._ws = ws
-        started = time.monotonic()
+        self._connected_at = time.monotonic()
         try:
             await self._configure(ws)
-            self._configured = True
             self._listener.session_ready()
-            async with asyncio.TaskGroup() as tg:
-                receiver = tg.create_task(self._receive(ws))
-                await self._send(ws, started)
-                receiver.cancel()
+            await self._pump(ws)
         except Exception as exc:
             raise self._classify(exc) from None
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2)
+
+    async def _pump(self, ws: ClientConnection) -> None:
+        """Send and receive until the dictation is finished or cancelled; the first failure ends both.
+
+        Two plain tasks rather than a TaskGroup: on Python 3.11 a TaskGroup
+        whose child fails as the body ends leaves its task marked as being
+        cancelled, and one whose task is cancelled while a child fails raises
+        the child's error instead, which a retry loop would then mistake for
+        a reason to reconnect. Here a cancellation always arrives as
+        CancelledError, and cancelling is safe: both tasks are cancelled and
+        awaited.
+        """
+        sender = asyncio.create_task(self._send(ws), name="realtime-send")
+        receiver = asyncio.create_task(self._receive(ws), name="realtime-receive")
+        try:
+            await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+        if not sender.cancelled() and sender.exception() is None:
+            return
+        errors = [e for t in (sender, receiver) if not t.cancelled() and isinstance(e := t.exception(), Exception)]
+        raise ExceptionGroup("the connection failed", errors)
 
     def _classify(self, exc: Exception) -> Exception:
         """What a connection's failure means: fatal (SessionError), worth retrying, or a bug (as is).
@@ -402,7 +378,7 @@ class RealtimeSession:
             return await connect(
                 url,
                 additional_headers={"Authorization": f"Bearer {bearer}"},
-                open_timeout=self._options.connect_timeout_s,
+                open_timeout=max(0.1, min(self._options.connect_timeout_s, self._finish_by - time.monotonic())),
                 ping_interval=self._options.ping_interval_s,
                 ping_timeout=self._options.ping_timeout_s,
                 close_timeout=2,
@@ -425,7 +401,7 @@ class RealtimeSession:
         except TimeoutError:
             raise _Retry("handshake timed out") from None
         except (OSError, InvalidHandshake) as exc:
-            raise _Retry(f"cannot connect: {exc.__class__.__name__}: {exc}") from None
+            raise _Retry(f"cannot connect: {exc.__class__.__name__}: {excerpt(str(exc), EXCERPT_CHARS)}") from None
 
     async def _bearer(self) -> str:
         try:
@@ -458,6 +434,8 @@ class RealtimeSession:
                 continue
             if isinstance(event, p.ServiceError) and not self._check_error(event):
                 continue
+            if isinstance(event, p.Committed | p.TranscriptionCompleted):
+                self._healthy = True  # the service took a turn: this connection made progress
             self._ledger.event(event)
             self._listener.session_event(event)
             self._wake.set()
@@ -466,56 +444,64 @@ class RealtimeSession:
         try:
             return p.parse_server_event(message)
         except ProtocolError as exc:
-            logger.warning("skipping a malformed server event: %s", exc)
+            logger.warning("skipping a malformed server event: %s", excerpt(str(exc), EXCERPT_CHARS))
             return None
 
     def _check_error(self, error: p.ServiceError) -> bool:
         """Decide what an ``error`` event means; True when the listener should hear of it."""
+        message = excerpt(error.message, EXCERPT_CHARS)
         if error.event_id is not None and error.event_id == self._update_id:
             raise SessionError(
-                f"the service refused the session configuration: {error.message}", retryable=False, code="refused"
+                f"the service refused the session configuration: {message}", retryable=False, code="refused"
             )
         if error.code == "input_audio_buffer_commit_empty":
-            # Our flush raced the server's own commit: nothing was lost.
-            logger.debug("commit refused as empty: %s", error.message)
+            # Our commit raced the server's own, or the buffer held too little: nothing was lost.
+            logger.debug("commit refused as empty: %s", message)
+            self._ledger.commit_refused()
             return False
-        logger.warning("service error %s: %s", error.code or error.type, error.message)
+        logger.warning("service error %s: %s", excerpt(error.code or error.type, 60), message)
         return True
 
-    async def _send(self, ws: ClientConnection, started: float) -> None:
+    async def _send(self, ws: ClientConnection) -> None:
         """Write the backlog as it fills; returns when finished or cancelled."""
         flush: _Flush | None = None
         while True:
-            while (pcm := self._ledger.next_frame()) is not None:
+            while (frame := self._ledger.next_frame()) is not None:
                 # If the connection dies during this send, the frame stays queued for the next one.
-                await ws.send(json.dumps(self._events.append(pcm)))
-                self._ledger.sent()
+                if isinstance(frame, bytes):
+                    await ws.send(json.dumps(self._events.append(frame)))
+                elif self._ledger.uncommitted_ms >= p.MIN_COMMIT_MS:  # the service refuses less
+                    await self._commit(ws)
+                self._ledger.sent(time.monotonic())
             if self._phase is _Phase.CANCELLED:
                 return
             if self._phase is _Phase.FINISHING:
-                flush = flush or _Flush(time.monotonic(), self._options.flush_timeout_s)
-                if not flush.committed and self._should_commit(flush):
-                    await ws.send(json.dumps(self._events.commit()))
-                    self._ledger.manual_commit()
+                flush = flush or _Flush(time.monotonic(), self._finish_by)
+                if not flush.committed and self._should_commit():
+                    await self._commit(ws)
                     flush.committed = True
                 if self._flush_done(flush):
                     return
-            elif self._rollover_due(started):
+            elif self._rollover_due():
                 raise _Retry("session rollover before the service's time limit", counts=False, planned=True)
             self._wake.clear()
             timeout = flush.next_check() if flush else 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _should_commit(self, flush: _Flush) -> bool:
-        """Commit on Stop only speech the service has not committed itself (it refuses < 100 ms)."""
+    async def _commit(self, ws: ClientConnection) -> None:
+        logger.debug("committing %d ms of audio", self._ledger.uncommitted_ms)
+        await ws.send(json.dumps(self._events.commit()))
+        self._ledger.commit_sent()
+
+    def _should_commit(self) -> bool:
+        """Commit on Stop only speech nobody has committed yet (the service refuses < 100 ms)."""
         if self._ledger.uncommitted_ms < p.MIN_COMMIT_MS:
             return False
-        manual = self._settings.turn_detection.type == "manual"
-        if manual or self._ledger.in_speech:
-            logger.debug("flushing %d ms of uncommitted audio", self._ledger.uncommitted_ms)
+        if self._settings.turn_detection.type == "manual" or self._ledger.in_speech:
             return True
-        return False
+        # sttd's own detector may be hearing the first moments of a word it has not confirmed yet.
+        return self._detector is not None and self._detector.speech_ms > 0
 
     def _flush_done(self, flush: _Flush) -> bool:
         now = time.monotonic()
@@ -529,9 +515,9 @@ class RealtimeSession:
     def _flush_complete(self) -> bool:
         return not self._ledger.awaiting_commit and self._ledger.outstanding == 0
 
-    def _rollover_due(self, started: float) -> bool:
+    def _rollover_due(self) -> bool:
         return (
-            time.monotonic() - started >= self._options.rollover_after_s
+            time.monotonic() - self._connected_at >= self._options.rollover_after_s
             and not self._ledger.in_speech
             and not self._ledger.awaiting_commit
             and self._ledger.outstanding == 0
@@ -542,24 +528,40 @@ class RealtimeSession:
             return _Retry("cancelled")
         rcvd = exc.rcvd
         code = rcvd.code if rcvd is not None else 1006
-        reason = rcvd.reason if rcvd is not None else ""
+        reason = excerpt(rcvd.reason, EXCERPT_CHARS) if rcvd is not None and rcvd.reason else ""
         if code in FATAL_CLOSE_CODES:
             kind, message = FATAL_CLOSE_CODES[code]
             return SessionError(f"{message}: {reason}" if reason else message, retryable=False, code=kind)
         if code not in RECOVERABLE_CLOSE_CODES:
             return SessionError(f"the service closed the session (code {code}: {reason})", retryable=False)
         if code == 1001 and MAX_DURATION_HINT in reason.lower():
-            return _Retry("the session reached its maximum duration", counts=False)
+            return self._max_duration()
         return _Retry(f"connection closed (code {code}{': ' + reason if reason else ''})")
+
+    def _max_duration(self) -> _Retry:
+        # Only a session near the service's limit really reached it: an earlier
+        # "maximum duration" (a broken proxy, a hostile endpoint) is a failure,
+        # paced and counted like any other, or it would reconnect in a tight loop.
+        lived = time.monotonic() - self._connected_at
+        if lived >= self._options.min_rollover_s:
+            return _Retry("the session reached its maximum duration", counts=False)
+        return _Retry(f"the service claimed the session's maximum duration after only {lived:.0f} s")
 
     def _backoff(self, failures: int) -> float:
         delay = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** (failures - 1))
         return delay * random.uniform(0.5, 1.0)
 
     async def _sleep_unless_cancelled(self, delay: float) -> None:
+        if delay <= 0:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._cancelled.wait(), delay)
 
     @property
     def dropped_audio_ms(self) -> int:
         return self._ledger.dropped_bytes // p.BYTES_PER_MS
+
+    @property
+    def trimmed_audio_ms(self) -> int:
+        """Sent audio cut from the replay log because no turn finished for longer than the backlog."""
+        return self._ledger.trimmed_bytes // p.BYTES_PER_MS
