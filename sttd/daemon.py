@@ -17,20 +17,26 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dbus_next.aio import MessageBus
 
-from . import __version__, audio, config, core, logsetup
+from . import __version__, audio, config, core, logsetup, models
+from . import protocol as p
 from . import state as persisted
-from .credentials import ApiKey, CredentialSource, find_api_key
+from .credentials import CredentialSource
 from .dbus_service import SttdInterface, connect, own_name
-from .engine.supervisor import EngineEndpoint, EngineError, EngineProcess, engine_available
-from .errors import AudioError, ConfigError, CredentialsError, SessionError, SttdError
+from .engines import NO_ENGINE, LocalEngine, choose_engine, connection_target
+from .errors import AudioError, ConfigError, CredentialsError, SessionError, StateNotSavedError, SttdError
 from .hooks import HookRunner
 from .microphone import Microphone
-from .protocol import ServerEvent
 from .realtime import RealtimeSession, SessionOptions
 from .systemd import Notifier
+
+if TYPE_CHECKING:
+    from .vad import VoiceDetector
+
+__all__ = ["Daemon", "choose_engine", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,30 +44,9 @@ LEVEL_INTERVAL_S = 0.1
 """Level updates go out at most ten times a second."""
 SHUTDOWN_FLUSH_S = 5.0
 """On SIGTERM, how long a running dictation may take to deliver its last words."""
-ENGINE_WAIT_S = 60.0
-"""How long Start waits for the local engine to listen (it may be starting or restarting)."""
-ENGINE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-"""Pauses before restarting a local engine that died, by consecutive failures."""
-ENGINE_STABLE_S = 60.0
-"""An engine that ran this long before dying starts the backoff afresh."""
-NO_ENGINE = (
-    "no transcription engine: set OPENAI_API_KEY (or [realtime] api_key_file) to use OpenAI, "
-    "or install the offline engine (pip install 'sttd[local]') and set [realtime] engine = \"local\""
-)
-
-
-def choose_engine(cfg: config.Config) -> str:
-    """``openai``, ``local`` or ``""`` (neither is usable) for ``[realtime] engine``."""
-    wanted = cfg.realtime.engine
-    if wanted != "auto":
-        return wanted
-    try:
-        has_credentials = bool(cfg.realtime.token_url) or find_api_key(cfg.realtime.api_key_file) is not None
-    except CredentialsError:
-        has_credentials = True  # a configured key file that cannot be read: OpenAI's error says why
-    if has_credentials:
-        return "openai"
-    return "local" if engine_available() else ""
+WEDGED_AFTER_S = 60.0
+"""A Stop still flushing this long after it began (the flush is bounded at 10 s) means sttd is wedged:
+the watchdog stops pinging, so systemd restarts it."""
 
 
 class Daemon:
@@ -71,9 +56,7 @@ class Daemon:
         self._config = cfg
         self._log_level = log_level
         self._engine = choose_engine(cfg)
-        self._endpoint: EngineEndpoint | None = None
-        self._engine_up = asyncio.Event()
-        self._engine_problem = ""
+        self._local = LocalEngine(log_level)
         self._engine_task: asyncio.Task[None] | None = None
         self._config_path = config_path
         self._state_path = state_path
@@ -93,6 +76,8 @@ class Daemon:
         self._dictation_task: asyncio.Task[None] | None = None
         self._discarding = False
         self._last_level_at = 0.0
+        self._stop_began: float | None = None
+        self._run: _DictationRun | None = None
 
     # -- lifecycle
 
@@ -120,6 +105,7 @@ class Daemon:
                     tg.create_task(self._open_for_preroll(), name="preroll")
                 self._notifier.ready(self._status_line())
                 logger.info("sttd %s ready on the session bus", __version__, extra=logsetup.event("ready"))
+                models.warn_if_deprecated(models.model_info(self._config.realtime.model))
                 await self._shutdown.wait()
                 self._closing = True
                 self._notifier.stopping()
@@ -187,13 +173,28 @@ class Daemon:
             logger.warning("hooks still running %.0f s after SIGTERM; stopping them", SHUTDOWN_FLUSH_S)
 
     async def _watchdog(self, interval: float) -> None:
-        # Sent from the event loop itself: if the loop is stuck, systemd notices.
+        # Sent from the event loop itself: if the loop is stuck, systemd notices;
+        # and not while a Stop has been flushing for far longer than any flush may take.
         while True:
-            self._notifier.watchdog()
+            if not self._wedged():
+                self._notifier.watchdog()
             await asyncio.sleep(interval)
 
+    def _wedged(self) -> bool:
+        began = self._stop_began
+        if began is not None and time.monotonic() - began > WEDGED_AFTER_S:
+            logger.error(
+                "a Stop has not finished after %.0f s: no watchdog ping, so systemd restarts sttd", WEDGED_AFTER_S
+            )
+            return True
+        return False
+
     def reload(self) -> None:
-        """SIGHUP: take a new config for the next dictation; keep the old one if it is invalid."""
+        """SIGHUP: take a new config for the next dictation; keep the old one if it is invalid.
+
+        systemd hears READY=1 after RELOADING=1 whatever happens, or it would
+        consider the service stuck in its reload.
+        """
         self._notifier.reloading()
         try:
             new = config.load(self._config_path)
@@ -202,19 +203,27 @@ class Daemon:
                 "reload refused, keeping the running configuration: %s", exc, extra=logsetup.event("reload-refused")
             )
         else:
-            restart = new.local != self._config.local
-            old, self._config = self._config, new
-            self._update_live_session(old, new)
-            self._dictation.set_triggers(_triggers(new))
-            self._engine = choose_engine(new)
-            self._apply_engine(restart=restart)
-            if self._interface is not None:
-                self._interface.engine_changed(self._engine)
-            self._hooks.reconfigure(new.hooks, new.output)
-            if self._tasks is not None:
-                self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
+            self._take_config(new)
             logger.info("configuration reloaded", extra=logsetup.event("reloaded"))
-        self._notifier.ready(self._status_line())
+        finally:
+            self._notifier.ready(self._status_line())
+
+    def _take_config(self, new: config.Config) -> None:
+        restart = new.local != self._config.local
+        old, self._config = self._config, new
+        if new.realtime.model != old.realtime.model:
+            models.warn_if_deprecated(models.model_info(new.realtime.model))
+            if self._interface is not None:
+                self._interface.model_changed(new.realtime.model)
+        self._update_live_session(old, new)
+        self._dictation.set_triggers(_triggers(new))
+        self._engine = choose_engine(new)
+        self._apply_engine(restart=restart)
+        if self._interface is not None:
+            self._interface.engine_changed(self._engine)
+        self._hooks.reconfigure(new.hooks, new.output)
+        if self._tasks is not None:
+            self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
 
     # -- the transcription engine
 
@@ -232,48 +241,10 @@ class Daemon:
             self._engine_task.cancel()
             running = False
         if self._engine == "local" and not running and self._tasks is not None:
-            self._engine_task = self._tasks.create_task(self._run_local_engine(), name="local-engine")
-
-    async def _run_local_engine(self) -> None:
-        """Keep the local engine running: restarted with backoff when it dies."""
-        failures = 0
-        while True:
-            process = EngineProcess(self._config.local, log_level=self._log_level)
-            started = time.monotonic()
-            endpoint: EngineEndpoint | None = None
-            try:
-                async with process as endpoint:
-                    self._endpoint, self._engine_problem = endpoint, ""
-                    self._engine_up.set()
-                    code = await process.wait()
-                self._engine_problem = f"the local engine exited with code {code}"
-            except EngineError as exc:
-                self._engine_problem = str(exc)
-            finally:
-                if self._endpoint is endpoint:  # a restarted engine may already have replaced it
-                    self._endpoint = None
-                    self._engine_up.clear()
-            logger.error("%s", self._engine_problem)
-            failures = 1 if time.monotonic() - started >= ENGINE_STABLE_S else failures + 1
-            await asyncio.sleep(ENGINE_BACKOFF_S[min(failures, len(ENGINE_BACKOFF_S)) - 1])
-
-    async def _local_endpoint(self) -> EngineEndpoint:
-        try:
-            await asyncio.wait_for(self._engine_up.wait(), ENGINE_WAIT_S)
-        except TimeoutError:
-            problem = self._engine_problem or "it did not start in time"
-            raise SessionError(f"the local engine is not running: {problem}", retryable=False, code="engine") from None
-        assert self._endpoint is not None
-        return self._endpoint
+            self._engine_task = self._tasks.create_task(self._local.run(self._config.local), name="local-engine")
 
     async def _connection(self, cfg: config.Config) -> tuple[str, CredentialSource]:
-        """Where the chosen engine listens, and the credentials it takes."""
-        if self._engine == "local":
-            endpoint = await self._local_endpoint()
-            return endpoint.url, CredentialSource(ApiKey(endpoint.api_key, "the local engine"))
-        if not self._engine:
-            raise CredentialsError(NO_ENGINE)
-        return cfg.realtime.url, CredentialSource(find_api_key(cfg.realtime.api_key_file), cfg.realtime.token_url)
+        return await connection_target(self._engine, self._local, cfg)
 
     # -- Controller: what D-Bus calls
 
@@ -294,12 +265,16 @@ class Daemon:
         self._discarding = False
         self._publish()
         recording: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._dictation_task = self._tasks.create_task(self._dictate(recording), name="dictation")
+        run = self._run = _DictationRun(recording)
+        task = self._tasks.create_task(self._dictate(run), name="dictation")
+        task.add_done_callback(functools.partial(self._dictation_ended, run))
+        self._dictation_task = task
         # Whoever pressed the hotkey may start talking as soon as Start returns.
         await asyncio.shield(recording)
 
     def stop(self) -> None:
         if self._dictation.stop() and self._tasks is not None:
+            self._stop_began = time.monotonic()
             self._tasks.create_task(self._finish(), name="flush")
         self._publish()  # also Stop acknowledging an error: back to idle
 
@@ -308,8 +283,9 @@ class Daemon:
             self._discarding = True
             if self._session is not None:
                 self._session.cancel()
-            if self._dictation_task is not None:
+            if self._dictation_task is not None and not (self._run is not None and self._run.closing):
                 # Also when it is still in a handshake or waiting for the engine: nothing is kept.
+                # Not once it is closing: its cleanup must run to the end.
                 self._dictation_task.cancel()
         self._publish()
 
@@ -320,21 +296,28 @@ class Daemon:
             await self.start()
 
     def set_language(self, code: str) -> None:
+        """Take a language now; raises :class:`StateNotSavedError` (the change stays in effect) if not persisted."""
         if not self._dictation.set_language(code):
             return
-        self._save_state()
         self._publish()
         if self._session is not None and self._tasks is not None:
             settings = self._config.session_settings(self._dictation.language)
             self._tasks.create_task(self._session.update(settings), name="session-update")
+        self._save_state()
 
     def set_enabled(self, enabled: bool) -> None:
+        """Like :meth:`set_language`: in effect at once, an error if it cannot be persisted."""
         if not self._dictation.set_enabled(enabled):
             return
-        self._save_state()
         if not enabled:
             self.stop()
         self._publish()
+        self._save_state()
+
+    @property
+    def model(self) -> str:
+        """The transcription model the next (or running) dictation uses."""
+        return self._config.realtime.model
 
     def send(self) -> None:
         self._dictation.send()
@@ -353,7 +336,7 @@ class Daemon:
         self._dictation.session_ready()
         self._publish()
 
-    def session_event(self, event: ServerEvent) -> None:
+    def session_event(self, event: p.ServerEvent) -> None:
         if self._discarding:
             return
         self._dictation.server_event(event)
@@ -365,21 +348,25 @@ class Daemon:
 
     # -- one dictation
 
-    async def _dictate(self, recording: asyncio.Future[None]) -> None:
-        """Capture first, so nothing said while connecting is lost; then run the session."""
+    async def _dictate(self, run: _DictationRun) -> None:
+        """Capture first, so nothing said while connecting is lost; then run the session.
+
+        Cancelling is safe at any point: the dictation is closed all the same
+        (by :meth:`_dictation_ended` when it is cancelled before its first step).
+        """
         cfg = self._config
         failure: tuple[str, str] | None = None
         try:
-            await self._open_microphone(recording)
+            await self._open_microphone(run.recording)
             url, credentials = await self._connection(cfg)
+            settings = cfg.session_settings(self._dictation.language)
             options = SessionOptions(
-                url=url,
-                settings=cfg.session_settings(self._dictation.language),
-                max_reconnect_attempts=cfg.realtime.max_reconnect_attempts,
+                url=url, settings=settings, max_reconnect_attempts=cfg.realtime.max_reconnect_attempts
             )
+            detector = await _detector_for(settings)
             # Asked again on every reconnect: a restarted local engine has a new port and key.
             target = functools.partial(self._connection, cfg)
-            session = RealtimeSession(options, credentials, listener=self, target=target)
+            session = RealtimeSession(options, credentials, listener=self, target=target, detector=detector)
             self._session = session
             self._microphone.attach(session.send_audio)
             if self._discarding:  # Cancel while connecting
@@ -398,7 +385,19 @@ class Daemon:
             logger.exception("dictation failed unexpectedly")
             failure = ("internal", f"internal error: {exc.__class__.__name__} (details in sttd's log)")
         finally:
+            run.closing = True
             await self._close_dictation(failure)
+
+    def _dictation_ended(self, run: _DictationRun, task: asyncio.Task[None]) -> None:
+        """Whatever happened to the task: Start gets its reply, and the dictation is closed."""
+        if not run.recording.done():
+            run.recording.set_result(None)  # cancelled before the microphone opened: nothing to say
+        if not run.closing and self._tasks is not None:
+            # Cancelled before its first step, its body (and its cleanup) never ran.
+            self._tasks.create_task(self._close_dictation(None), name="close-dictation")
+        elif not run.closing:
+            self._dictation.finished(discard=True)
+            self._publish()
 
     async def _open_microphone(self, recording: asyncio.Future[None]) -> None:
         """Record into a hold buffer until the session exists; tell Start how that went."""
@@ -424,9 +423,12 @@ class Daemon:
         # The dictation stays "active" until the microphone is detached, so a Start
         # arriving meanwhile cannot begin a dictation that this close would then end.
         await self._microphone.detach()
-        if self._session is not None and self._session.dropped_audio_ms:
-            logger.warning("%d ms of audio were dropped while disconnected", self._session.dropped_audio_ms)
-        self._session = None
+        session, self._session = self._session, None
+        if session is not None and session.dropped_audio_ms:
+            logger.warning("%d ms of audio were dropped while disconnected", session.dropped_audio_ms)
+        if session is not None and session.trimmed_audio_ms:
+            logger.info("%d ms of audio no turn could use were not kept for replay", session.trimmed_audio_ms)
+        self._stop_began = None
         if failure is not None:
             self._fail(*failure)
         self._dictation.finished(discard=self._discarding)
@@ -497,8 +499,30 @@ class Daemon:
         saved = persisted.PersistedState(enabled=self._dictation.enabled, language=self._dictation.language)
         try:
             persisted.save(self._state_path, saved)
-        except OSError as exc:
-            logger.error("cannot save %s: %s", self._state_path, exc)
+        except StateNotSavedError as exc:
+            logger.error("%s (the change holds until sttd restarts)", exc)
+            raise
+
+
+class _DictationRun:
+    """One Start's dictation task, as its cleanup sees it."""
+
+    def __init__(self, recording: asyncio.Future[None]) -> None:
+        self.recording = recording
+        """Resolved once the microphone records (or failed to): Start replies then."""
+        self.closing = False
+        """The task's own cleanup has begun; else the done callback closes the dictation."""
+
+
+async def _detector_for(settings: p.SessionSettings) -> VoiceDetector | None:
+    """sttd's own voice detector when the session needs one, its model loaded off the event loop."""
+    if settings.turn_detection.type != "client_vad":
+        return None
+    from .vad import VadSettings, VoiceDetector
+
+    td = settings.turn_detection
+    vad_settings = VadSettings(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
+    return await asyncio.to_thread(VoiceDetector, vad_settings)
 
 
 def _triggers(cfg: config.Config) -> core.Triggers:
@@ -531,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check_config:
         print(f"sttd: {args.config or config.default_path()}: configuration is valid")
+        for line in config.check_report(cfg):
+            print(f"sttd: {line}")
         return 0
     logsetup.setup(args.log_level)
     daemon = Daemon(cfg, args.config, persisted.default_path(), log_level=args.log_level)

@@ -1,0 +1,99 @@
+"""Which transcription engine serves a dictation, and keeping the local one running.
+
+``[realtime] engine`` picks OpenAI's service or the offline ``sttd-engine``;
+``auto`` takes OpenAI when credentials exist, else the local engine when it
+is installed. :class:`LocalEngine` runs that engine as a child process for as
+long as it is the chosen one, restarting it with backoff when it dies, and
+tells each connection attempt where it listens now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from . import config
+from .credentials import ApiKey, CredentialSource, find_api_key
+from .engine.supervisor import EngineEndpoint, EngineError, EngineProcess, engine_available
+from .errors import CredentialsError, SessionError
+
+logger = logging.getLogger(__name__)
+
+ENGINE_WAIT_S = 60.0
+"""How long Start waits for the local engine to listen (it may be starting or restarting)."""
+ENGINE_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Pauses before restarting a local engine that died, by consecutive failures."""
+ENGINE_STABLE_S = 60.0
+"""An engine that ran this long before dying starts the backoff afresh."""
+NO_ENGINE = (
+    "no transcription engine: set OPENAI_API_KEY (or [realtime] api_key_file) to use OpenAI, "
+    "or install the offline engine (pip install 'sttd[local]') and set [realtime] engine = \"local\""
+)
+
+
+def choose_engine(cfg: config.Config) -> str:
+    """``openai``, ``local`` or ``""`` (neither is usable) for ``[realtime] engine``."""
+    wanted = cfg.realtime.engine
+    if wanted != "auto":
+        return wanted
+    try:
+        has_credentials = bool(cfg.realtime.token_url) or find_api_key(cfg.realtime.api_key_file) is not None
+    except CredentialsError:
+        has_credentials = True  # a configured key file that cannot be read: OpenAI's error says why
+    if has_credentials:
+        return "openai"
+    return "local" if engine_available() else ""
+
+
+class LocalEngine:
+    """The offline engine as a supervised child process."""
+
+    def __init__(self, log_level: str) -> None:
+        self._log_level = log_level
+        self._endpoint: EngineEndpoint | None = None
+        self._up = asyncio.Event()
+        self._problem = ""
+
+    async def run(self, settings: config.LocalConfig) -> None:
+        """Keep the engine running until cancelled (cancelling stops it): restarted with backoff when it dies."""
+        failures = 0
+        while True:
+            process = EngineProcess(settings, log_level=self._log_level)
+            started = time.monotonic()
+            endpoint: EngineEndpoint | None = None
+            try:
+                async with process as endpoint:
+                    self._endpoint, self._problem = endpoint, ""
+                    self._up.set()
+                    code = await process.wait()
+                self._problem = f"the local engine exited with code {code}"
+            except EngineError as exc:
+                self._problem = str(exc)
+            finally:
+                if self._endpoint is endpoint:  # a restarted engine may already have replaced it
+                    self._endpoint = None
+                    self._up.clear()
+            logger.error("%s", self._problem)
+            failures = 1 if time.monotonic() - started >= ENGINE_STABLE_S else failures + 1
+            await asyncio.sleep(ENGINE_BACKOFF_S[min(failures, len(ENGINE_BACKOFF_S)) - 1])
+
+    async def endpoint(self) -> EngineEndpoint:
+        """Where the engine listens; waits (bounded) while it starts. Raises :class:`SessionError`."""
+        try:
+            await asyncio.wait_for(self._up.wait(), ENGINE_WAIT_S)
+        except TimeoutError:
+            problem = self._problem or "it did not start in time"
+            raise SessionError(f"the local engine is not running: {problem}", retryable=False, code="engine") from None
+        assert self._endpoint is not None
+        return self._endpoint
+
+
+async def connection_target(engine: str, local: LocalEngine, cfg: config.Config) -> tuple[str, CredentialSource]:
+    """Where the chosen engine listens, and the credentials it takes (asked again on every reconnect)."""
+    if engine == "local":
+        endpoint = await local.endpoint()
+        return endpoint.url, CredentialSource(ApiKey(endpoint.api_key, "the local engine"))
+    if not engine:
+        raise CredentialsError(NO_ENGINE)
+    return cfg.realtime.url, CredentialSource(find_api_key(cfg.realtime.api_key_file), cfg.realtime.token_url)
