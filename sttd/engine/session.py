@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ..errors import ProtocolError
 from ..protocol import MIN_COMMIT_MS, ServerEvents, parse_client_event
+from ..redact import excerpt
 from .resample import Resampler
 from .session_config import DEFAULT_VAD, EventRefused, SessionConfig, Transcription, apply_update, diagnose
 from .transcriber import ModelUnavailableError, Transcriber
@@ -155,10 +156,8 @@ class Session:
                 await self.send(self._events.cleared())
             else:
                 supported = ", ".join(f"'{t}'" for t in SUPPORTED_EVENTS)
-                shown = json.dumps(kind[:40])
-                raise EventRefused(
-                    "invalid_value", f"Invalid value: {shown}. Supported values are: {supported}.", "type"
-                )
+                message = f"Invalid value: {excerpt(kind)}. Supported values are: {supported}."
+                raise EventRefused("invalid_value", message, "type")
         except EventRefused as refusal:
             await self._error(refusal, event_id)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..models import DELAYS, ModelInfo, model_info, session_problems
 from ..protocol import SAMPLE_RATE
+from ..redact import excerpt
 from .vad import VadSettings
 
 DEFAULT_VAD = VadSettings()
@@ -61,6 +62,7 @@ class Transcription:
     languages: tuple[str, ...] = ()
     """Possible languages (gpt-transcribe family): the first one is Whisper's language."""
     prompt: str = ""
+    """Whisper's initial prompt."""
     keywords: tuple[str, ...] = ()
     """Words to expect: Whisper's hotwords."""
     delay: str = ""
@@ -96,6 +98,7 @@ class SessionConfig:
     """What a session is configured to do; :meth:`echo` is the ``audio`` object of ``session.updated``."""
 
     transcription: Transcription
+    """What the client asked of the transcription model."""
     vad: VadSettings | None = DEFAULT_VAD
     """Server VAD (Silero) settings, or None: the client commits each turn."""
     noise_reduction: str | None = None
@@ -169,16 +172,10 @@ def _language(code: str, param: str, known: frozenset[str]) -> str:
     if code and code not in known:
         raise EventRefused(
             "invalid_value",
-            f"Invalid value: {_excerpt(code)}. The local model does not know this language (ISO-639-1 code).",
+            f"Invalid value: {excerpt(code)}. The local model does not know this language (ISO-639-1 code).",
             param,
         )
     return code
-
-
-def _excerpt(value: Any, limit: int = 40) -> str:
-    """A client's value, quoted and cut: error messages never carry a whole client string."""
-    text = json.dumps(value, ensure_ascii=True)
-    return text if len(text) <= limit else text[: limit - 4] + '..."'
 
 
 def _transcription(value: Any, current: Transcription, known: frozenset[str]) -> Transcription:
@@ -193,7 +190,7 @@ def _transcription(value: Any, current: Transcription, known: frozenset[str]) ->
     if delay and delay not in DELAYS:
         supported = ", ".join(f"'{d}'" for d in DELAYS)
         raise EventRefused(
-            "invalid_value", f"Invalid value: {_excerpt(delay)}. Supported values are: {supported}.", f"{_TR}.delay"
+            "invalid_value", f"Invalid value: {excerpt(delay)}. Supported values are: {supported}.", f"{_TR}.delay"
         )
     return Transcription(
         model=model,
@@ -213,7 +210,7 @@ def _number(td: dict[str, Any], key: str, default: float, low: float, high: floa
     if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
         kind = "an integer" if integer else "a number"
         raise EventRefused(
-            "invalid_type", f"Invalid type for '{param}': expected {kind}, but got {_excerpt(value)}.", param
+            "invalid_type", f"Invalid type for '{param}': expected {kind}, but got {excerpt(value)}.", param
         )
     if not low <= value <= high:
         raise EventRefused("invalid_value", f"Invalid '{param}': {value!r} is not between {low:g} and {high:g}.", param)
@@ -229,7 +226,7 @@ def _turn_detection(value: Any) -> tuple[str, VadSettings | None]:
     if kind not in ("server_vad", "semantic_vad"):
         raise EventRefused(
             "invalid_value",
-            f"Invalid value: {_excerpt(kind)}. Supported values are: 'server_vad' and 'semantic_vad'.",
+            f"Invalid value: {excerpt(kind)}. Supported values are: 'server_vad' and 'semantic_vad'.",
             f"{_TD}.type",
         )
     if kind == "semantic_vad":
@@ -246,13 +243,13 @@ def _format(value: Any) -> None:
     if fmt.get("type", "audio/pcm") != "audio/pcm":
         raise EventRefused(
             "invalid_value",
-            f"Invalid value: {_excerpt(fmt.get('type'))}. Supported values are: 'audio/pcm'.",
+            f"Invalid value: {excerpt(fmt.get('type'))}. Supported values are: 'audio/pcm'.",
             "session.audio.input.format.type",
         )
     if fmt.get("rate", SAMPLE_RATE) != SAMPLE_RATE:
         raise EventRefused(
             "invalid_value",
-            f"Invalid value: {_excerpt(fmt.get('rate'))}. Supported values are: {SAMPLE_RATE}.",
+            f"Invalid value: {excerpt(fmt.get('rate'))}. Supported values are: {SAMPLE_RATE}.",
             "session.audio.input.format.rate",
         )
 
@@ -264,7 +261,7 @@ def _noise_reduction(value: Any) -> str | None:
     if kind not in ("near_field", "far_field"):
         raise EventRefused(
             "invalid_value",
-            f"Invalid value: {_excerpt(kind)}. Supported values are: 'near_field' and 'far_field'.",
+            f"Invalid value: {excerpt(kind)}. Supported values are: 'near_field' and 'far_field'.",
             "session.audio.input.noise_reduction.type",
         )
     return str(kind)
@@ -276,7 +273,7 @@ def _audio_input(session: Any) -> dict[str, Any]:
     if session.get("type") != "transcription":
         raise EventRefused(
             "invalid_value",
-            f"Invalid value: {_excerpt(session.get('type'))}. This is a transcription session: "
+            f"Invalid value: {excerpt(session.get('type'))}. This is a transcription session: "
             "session.type must be 'transcription'.",
             "session.type",
         )
