@@ -288,9 +288,9 @@ kids = [
     subprocess.Popen(["setsid", "sleep", marker + "2"]),  # setsid cmd &: a session and group of its own
     subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep " + marker + "3"]),  # ignores SIGTERM
 ]
-def running(pid, suffix):
+def running(pid, suffix):  # exec'd into sleep (setsid and sh have the marker in their arguments too)
     with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return (marker + suffix).encode() in f.read()
+        return f.read().split(b"\0")[:2] == [b"sleep", (marker + suffix).encode()]
 deadline = time.monotonic() + 10
 while not all(running(k.pid, str(n + 1)) for n, k in enumerate(kids)) and time.monotonic() < deadline:
     time.sleep(0.01)
