@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -23,10 +22,9 @@ from sttd.errors import SessionError
 from sttd.realtime import RealtimeSession, SessionOptions
 
 from .realtime_server import FakeRealtimeServer, TurnInfo
+from .session_harness import RATE, Harness, run
 from .sound import dominant_hz
 
-RATE = p.SAMPLE_RATE
-FRAME = RATE * 40 // 1000  # 40 ms frames, as sttd sends them
 PITCHES = [300.0, 450.0, 600.0, 750.0, 900.0, 1050.0, 1200.0, 1350.0, 1500.0, 1650.0, 1800.0, 1950.0]
 
 
@@ -34,64 +32,6 @@ def burst(hz: float, seconds: float = 0.6, gap: float = 0.8) -> np.ndarray:
     t = np.arange(int(seconds * RATE)) / RATE
     tone = (np.sin(2 * np.pi * hz * t) * 0.3 * 32767).astype(np.int16)
     return np.concatenate([tone, np.zeros(int(gap * RATE), dtype=np.int16)])
-
-
-class Harness:
-    """A session with the real core listening, as the daemon wires them."""
-
-    def __init__(self, server: FakeRealtimeServer, *, token: bool = False, **options: Any) -> None:
-        triggers = core.Triggers(r"\bsend\b", r"\bpurge\b")
-        self.core = core.Dictation(enabled=True, language="", triggers=triggers)
-        self.core.start()
-        self.outputs: list[core.Output] = []
-        settings = options.pop("settings", p.SessionSettings(model="gpt-4o-mini-transcribe"))
-        opts = SessionOptions(url=server.url, settings=settings, backoff_base_s=0.05, **options)
-        credentials = CredentialSource(ApiKey(server.api_key, "test"), server.token_url if token else "")
-        self.session = RealtimeSession(opts, credentials, listener=self)
-        self.ready = 0
-        self.reconnects: list[str] = []
-
-    def session_ready(self) -> None:
-        self.ready += 1
-        self.core.session_ready()
-        self._drain()
-
-    def session_event(self, event: p.ServerEvent) -> None:
-        self.core.server_event(event)
-        self._drain()
-
-    def session_reconnecting(self, reason: str) -> None:
-        self.reconnects.append(reason)
-        self.core.session_reconnecting(reason)
-        self._drain()
-
-    def _drain(self) -> None:
-        self.outputs.extend(self.core.take_outputs())
-
-    def finals(self) -> list[core.TranscriptEmitted]:
-        self._drain()
-        return [o for o in self.outputs if isinstance(o, core.TranscriptEmitted) and o.final]
-
-    def errors(self) -> list[core.ErrorRaised]:
-        return [o for o in self.outputs if isinstance(o, core.ErrorRaised)]
-
-    async def feed(self, samples: np.ndarray, speed: float = 4.0) -> None:
-        """Send 40 ms frames paced at ``speed`` times real time, as a microphone would."""
-        data = samples.astype("<i2").tobytes()
-        step = FRAME * 2
-        for i in range(0, len(data), step):
-            self.session.send_audio(data[i : i + step])
-            await asyncio.sleep(0.04 / speed)
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-        _ = what
-
-
-def run(harness_body: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(harness_body(), 60))
 
 
 def pitch_of(turn: TurnInfo) -> float:
