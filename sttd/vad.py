@@ -118,12 +118,13 @@ class Segmenter:
       first silent window itself.
     * The speech *lasts* from the onset to the end of its last loud block;
       once that is ``min_speech_ms`` it is a turn (:class:`SpeechStarted`).
-      A click scores as speech for about as long again after it, and is not
-      loud there, so it never lasts long enough.
+      A short speech-like burst scores as speech for up to 100 ms after it
+      ends, but is quiet there, so that does not count.
     * ``silence_duration_ms`` after the silence's start the speech is over:
-      :class:`SpeechStopped` if it was a turn, otherwise it is forgotten. The
-      end may fall inside a window (see :meth:`tail`), so the decision is not
-      held back to the next window boundary.
+      :class:`SpeechStopped` if it was a turn, otherwise it is forgotten.
+      That moment may fall inside a window: the speech ends there if the
+      blocks up to it are quiet, whatever the window's score, and as soon as
+      they have arrived (:meth:`tail`), not at the next window boundary.
 
     Positions are samples at :data:`RATE` on the stream's timeline.
     """
@@ -148,16 +149,20 @@ class Segmenter:
         """How long the current speech lasts so far (before it is a turn too); 0 without speech."""
         return 0 if self._onset is None else self._voiced_end - self._onset
 
-    def window(self, start: int, prob: float, rms: FloatArray, fed_from: int) -> Event | None:
+    def window(self, start: int, prob: float, rms: FloatArray, fed_from: int) -> list[Event]:
         """Take the window at ``start``: its speech probability and its blocks' RMS.
 
         ``fed_from`` is where the audio of the current :meth:`VoiceDetector.feed` call begins: a stop is
         never placed before it.
         """
+        events: list[Event] = []
+        # A silence that ends inside this window ends there, whatever the window's score (as in tail()).
+        if self._ends_within(start, rms):
+            self._append(events, self._stop(fed_from))
         settings = self._settings
         if self._onset is None:
             if prob < settings.threshold:
-                return None
+                return events
             self._onset = self._voiced_end = start
             self._peak = 0.0
         if prob >= settings.threshold:
@@ -166,26 +171,46 @@ class Segmenter:
             self._silence_start = max(self._voiced_end, start - MAX_BACKDATE, self._onset)
         if self._silence_start is None:
             self._hear(start, rms)
-        stop = self._stop_at(start + WINDOW, fed_from)
-        if stop is not None or self._started:
-            return stop
-        if self.speech_samples >= settings.min_speech_ms * SAMPLES_PER_MS:
+        if self._ends_by(start + WINDOW):
+            self._append(events, self._stop(fed_from))
+        elif not self._started and self.speech_samples >= settings.min_speech_ms * SAMPLES_PER_MS:
             self._started = True
-            return SpeechStarted(max(0, self._onset - settings.prefix_padding_ms * SAMPLES_PER_MS) // SAMPLES_PER_MS)
-        return None
+            padded = max(0, self._onset - settings.prefix_padding_ms * SAMPLES_PER_MS)
+            events.append(SpeechStarted(padded // SAMPLES_PER_MS))
+        return events
 
-    def tail(self, start: int, rms: FloatArray, fed_from: int) -> Event | None:
-        """Take the complete blocks of a window not yet complete (at ``start``): a silence may end inside it.
+    def tail(self, start: int, rms: FloatArray, fed_from: int) -> list[Event]:
+        """Take the complete blocks of the window at ``start``, not complete yet: a silence may end inside it.
 
-        It ends there only if the blocks up to its end are quiet; otherwise the window's score decides.
+        It ends there if the blocks up to its end are quiet; otherwise the window's score decides.
         """
+        if not self._ends_within(start, rms):
+            return []
+        return self._append([], self._stop(fed_from))
+
+    @staticmethod
+    def _append(events: list[Event], event: Event | None) -> list[Event]:
+        if event is not None:
+            events.append(event)
+        return events
+
+    def _silence_end(self) -> int | None:
+        """Where the current silence will have lasted ``silence_duration_ms`` (on a block boundary)."""
         if self._silence_start is None:
             return None
-        end = self._silence_start + self._silence_samples
-        upto = (end - start + BLOCK - 1) // BLOCK
-        if upto > rms.size or (upto > 0 and float(rms[:upto].max()) >= self._peak * QUIET):
-            return None
-        return self._stop_at(start + rms.size * BLOCK, fed_from)
+        return -(-(self._silence_start + self._silence_samples) // BLOCK) * BLOCK
+
+    def _ends_within(self, start: int, rms: FloatArray) -> bool:
+        """Whether the silence ends within the blocks ``rms`` (from ``start``), all of them quiet up to its end."""
+        end = self._silence_end()
+        if end is None:
+            return False
+        upto = (end - start) // BLOCK
+        return upto <= rms.size and (upto <= 0 or float(rms[:upto].max()) < self._peak * QUIET)
+
+    def _ends_by(self, heard: int) -> bool:
+        end = self._silence_end()
+        return end is not None and end <= heard
 
     def _hear(self, start: int, rms: FloatArray) -> None:
         self._peak = max(self._peak, float(rms.max()))
@@ -193,13 +218,9 @@ class Segmenter:
         if loud.size:
             self._voiced_end = start + (int(loud[-1]) + 1) * BLOCK
 
-    def _stop_at(self, heard: int, fed_from: int) -> SpeechStopped | None:
-        """End the speech if its silence has lasted long enough by ``heard``."""
-        if self._silence_start is None:
-            return None
-        end = self._silence_start + self._silence_samples
-        if end > heard:
-            return None
+    def _stop(self, fed_from: int) -> SpeechStopped | None:
+        """End the speech, whose silence has lasted long enough; the stop if it had become a turn."""
+        end = self._silence_end() or 0
         started = self._started
         self._onset = None
         self._silence_start = None
@@ -318,15 +339,11 @@ class VoiceDetector:
         for i in range(count):
             self._window[:] = samples[i * WINDOW : (i + 1) * WINDOW]
             prob = float(self._model.process(self._buffer))
-            event = self._segmenter.window(self._scored, prob, _block_rms(self._window), fed_from)
+            events += self._segmenter.window(self._scored, prob, _block_rms(self._window), fed_from)
             self._scored += WINDOW
-            if event is not None:
-                events.append(event)
         self._pending = samples[count * WINDOW :]
         if self._pending.size >= BLOCK:
-            event = self._segmenter.tail(self._scored, _block_rms(self._pending), fed_from)
-            if event is not None:
-                events.append(event)
+            events += self._segmenter.tail(self._scored, _block_rms(self._pending), fed_from)
         return events
 
     def _samples(self, pcm: bytes) -> FloatArray:

@@ -245,8 +245,6 @@ def test_scores_between_the_thresholds_keep_speech_going() -> None:
     scores = [0.9, 0.9, 0.4, 0.4, 0.4, 0.4, 0.9, 0.2, 0.2, 0.2, 0.2]
     events = []
     for i, score in enumerate(scores):
-        event = segmenter.window(i * WINDOW, score, loud if score > 0.3 else quiet, 0)
-        if event is not None:
-            events.append((i, event))
+        events += [(i, event) for event in segmenter.window(i * WINDOW, score, loud if score > 0.3 else quiet, 0)]
     # 0.4 is above 0.5 - 0.15: the speech goes on through it; the 0.2s are silence, dated from where it went quiet.
     assert events == [(1, SpeechStarted(0)), (9, SpeechStopped(7 * 32 + 96))]
