@@ -25,6 +25,8 @@ from dbus_next.aio import MessageBus
 
 from . import __version__
 from .dbus_service import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, PROPERTIES
+from .models import model_info
+from .redact import redact
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 CALL_TIMEOUT_S = 30.0
@@ -107,6 +109,7 @@ class Client:
         if reply.message_type == MessageType.ERROR:
             name = reply.error_name or ""
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
+            text = redact(text)  # an older daemon, or another program on the name, may echo a key
             if name in UNREACHABLE_ERRORS:
                 raise Unreachable(text)
             raise Refused(text if name.startswith(ERROR_PREFIX) else f"{name}: {text}")
@@ -171,14 +174,17 @@ async def _dispatch(client: Client, bus: MessageBus, args: argparse.Namespace) -
 
 
 def _print_status(props: dict[str, Any], as_json: bool) -> None:
+    model = props.get("Model", "")
     status = {
         "state": props["State"],
         "enabled": props["Enabled"],
         "language": props["Language"],
         "source": props["Source"],
         "transcript": props["PendingText"],
-        "last_error": props["LastError"],
+        "last_error": redact(props["LastError"]),
         "engine": props.get("Engine", ""),
+        "model": model,
+        "price": model_info(model).price if model else "",
     }
     if as_json:
         print(json.dumps(status, ensure_ascii=False))
@@ -186,10 +192,18 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
     print(f"state:      {status['state']}{'' if status['enabled'] else ' (disabled)'}")
     print(f"language:   {status['language'] or 'auto'}")
     print(f"engine:     {status['engine'] or 'none'}")
+    print(f"model:      {_model_line(model, status['price'])}")
     print(f"source:     {status['source'] or 'default'}")
     print(f"pending:    {status['transcript']}")
     if status["last_error"]:
         print(f"last error: {status['last_error']}")
+
+
+def _model_line(model: str, price: str) -> str:
+    """``gpt-live-transcribe ($0.017 per minute)``: what is in use and what it costs."""
+    if not model:
+        return "unknown"
+    return f"{model} ({price})" if price != "unknown" else f"{model} (price unknown)"
 
 
 async def _add_match(bus: MessageBus, rule: str) -> None:
@@ -271,6 +285,8 @@ async def _listen(bus: MessageBus, client: Client, as_json: bool) -> int:
 
 
 def _properties_event(props: dict[str, Any]) -> dict[str, Any]:
+    if "LastError" in props:
+        props = {**props, "LastError": redact(props["LastError"])}
     return {"type": "properties", **{_snake(k): v for k, v in props.items()}}
 
 
@@ -292,7 +308,7 @@ def _on_signal(
     elif message.interface == INTERFACE and message.member == "Triggered":
         event = {"type": "triggered", "name": message.body[0], "text": message.body[1]}
     elif message.interface == INTERFACE and message.member == "Error":
-        event = {"type": "error", "code": message.body[0], "message": message.body[1]}
+        event = {"type": "error", "code": message.body[0], "message": redact(message.body[1])}
     elif message.interface == PROPERTIES and message.body and message.body[0] == INTERFACE:
         event = _properties_event({name: variant.value for name, variant in message.body[1].items()})
     if event is not None:

@@ -11,10 +11,22 @@ Python traceback. Arguments or property values of the wrong D-Bus type are
 refused with ``org.freedesktop.DBus.Error.InvalidArgs`` naming the expected
 type.
 
-Calls run as tasks (``async`` handlers) that wait until :func:`export` has
-handed the interface to the daemon: with bus activation, dbus-daemon
-delivers the activating call (``sttctl start``) even before the reply to
-the name request, and it must not meet a half-started daemon.
+Calls run as tasks (``async`` handlers) that wait until
+:meth:`SttdInterface.serve`: with bus activation, dbus-daemon delivers the
+activating call (``sttctl start``) even before the reply to the name
+request, and it must not meet a half-started daemon.
+
+Whatever a caller sends is checked before any work: string arguments over
+:data:`MAX_STRING_CHARS` (a language over :data:`MAX_LANGUAGE_CHARS`) are
+refused with ``...Error.InvalidArgument``, and a caller's value appears in
+logs and errors only as a short escaped excerpt. Everything that leaves on
+the bus as an error (replies, the ``Error`` signal, ``LastError``) passes
+through :func:`sttd.redact.redact`.
+
+The connection is a :class:`sttd.bus.Bus` (dbus-next, repaired so that a
+full socket buffer does not end it); :func:`export` can be called again
+after a loss, and :func:`stay_exported` does that for the daemon. At
+shutdown :meth:`SttdInterface.shutting_down` answers every call in flight.
 
 No ``from __future__ import annotations`` here: dbus-next reads the D-Bus
 signatures from the annotations and cannot read a postponed ``None``.
@@ -27,14 +39,16 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from dbus_next import DBusError, Message, MessageType, PropertyAccess
+from dbus_next import DBusError, Message, MessageType, PropertyAccess, Variant
 from dbus_next import introspection as intr
 from dbus_next.aio import MessageBus
 from dbus_next.constants import ErrorType, NameFlag, RequestNameReply
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from . import core
+from .bus import Bus
 from .errors import SttdError
+from .redact import excerpt, redact
 
 if TYPE_CHECKING:  # sttd.audio loads numpy and libpulse: too slow for sttctl, which imports this module
     from .audio import SourceInfo
@@ -48,6 +62,19 @@ ERROR_PREFIX = f"{INTERFACE}.Error."
 PROPERTIES = "org.freedesktop.DBus.Properties"
 LEVEL_STATES = frozenset({core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING})
 """The states in which ``Level`` moves; in every other it is 0 and emits nothing."""
+INVALID_ARGUMENT = ERROR_PREFIX + "InvalidArgument"
+SHUTTING_DOWN = ERROR_PREFIX + "ShuttingDown"
+"""The answer to a call that arrives, or is still running, once sttd is stopping."""
+MAX_STRING_CHARS = 4096
+"""The longest string argument any call takes; a longer one is refused before any work."""
+MAX_LANGUAGE_CHARS = 64
+"""The longest ``SetLanguage`` argument looked at (a code is two letters)."""
+MAX_OUTWARD_CHARS = 1000
+"""The longest error text sttd sends on the bus (a server's message may be any length)."""
+SHUTDOWN_REPLY_S = 2.0
+"""How long :meth:`SttdInterface.shutting_down` waits for the calls in flight and their replies."""
+RECONNECT_DELAYS_S = (0.2, 1.0, 2.0, 5.0, 10.0)
+"""Pauses before each attempt to get back on a lost session bus; then sttd gives up (and systemd restarts it)."""
 
 
 class Controller(Protocol):
@@ -61,6 +88,11 @@ class Controller(Protocol):
 
     @property
     def engine(self) -> str: ...
+
+    @property
+    def model(self) -> str:
+        """The transcription model in use (``gpt-live-transcribe``)."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -84,26 +116,53 @@ class Controller(Protocol):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def outward(text: str, limit: int = MAX_OUTWARD_CHARS) -> str:
+    """``text`` as it may leave on the bus: secrets replaced, at most ``limit`` characters."""
+    text = redact(text[: limit * 4])  # redact before cutting: no half key at the cut
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _one_line(text: str) -> str:
+    """An error message as one log line: secrets replaced, control characters escaped, bounded."""
+    return outward(text, 240).encode("unicode_escape").decode("ascii")[:280]
+
+
+def _convert(name: str, exc: Exception) -> DBusError:
+    if isinstance(exc, SttdError):
+        logger.info("%s refused: %s", name, _one_line(str(exc)))
+        return DBusError(ERROR_PREFIX + exc.dbus_name, outward(str(exc)))
+    logger.exception("%s failed", name)
+    return DBusError(ERROR_PREFIX + "Failed", f"{name} failed: {exc.__class__.__name__} (details in sttd's log)")
+
+
 def _dbus_errors(fn: F) -> F:
-    """Turn sttd's errors into typed D-Bus errors and hide everything else's traceback."""
+    """Turn sttd's errors into typed D-Bus errors and hide everything else's traceback.
 
-    def convert(name: str, exc: Exception) -> DBusError:
-        if isinstance(exc, SttdError):
-            logger.info("%s refused: %s", name, exc)
-            return DBusError(ERROR_PREFIX + exc.dbus_name, str(exc))
-        logger.exception("%s failed", name)
-        return DBusError(ERROR_PREFIX + "Failed", f"{name} failed: {exc.__class__.__name__} (details in sttd's log)")
-
+    An ``async`` handler is also one of the interface's calls in flight:
+    refused once sttd is shutting down, and answered with ``ShuttingDown``
+    when :meth:`SttdInterface.shutting_down` cancels it.
+    """
     if _is_coroutine(fn):
 
         @functools.wraps(fn)
-        async def async_wrapper(*args: Any) -> Any:
+        async def async_wrapper(interface: "SttdInterface", *args: Any) -> Any:
+            if interface.closing:
+                raise DBusError(SHUTTING_DOWN, "sttd is shutting down")
+            task = asyncio.current_task()
+            assert task is not None
+            interface._calls.add(task)
             try:
-                return await fn(*args)
+                return await fn(interface, *args)
             except DBusError:
                 raise
+            except asyncio.CancelledError:
+                if interface.closing:  # cancelled by shutting_down(): an answer, not a crash
+                    raise DBusError(SHUTTING_DOWN, f"sttd is shutting down; {fn.__name__} did not finish") from None
+                raise
             except Exception as exc:
-                raise convert(fn.__name__, exc) from None
+                raise _convert(fn.__name__, exc) from None
+            finally:
+                interface._calls.discard(task)
 
         return async_wrapper  # type: ignore[return-value]
 
@@ -114,22 +173,19 @@ def _dbus_errors(fn: F) -> F:
         except DBusError:
             raise
         except Exception as exc:
-            raise convert(fn.__name__, exc) from None
+            raise _convert(fn.__name__, exc) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-class _DropAnsweredErrors(logging.Filter):
-    """dbus-next 0.2.3 answers a ``DBusError`` raised by an ``async`` method, then lets it
-    escape into the event loop, which logs it with a traceback ("Exception in callback
-    ...done"). The caller already has its answer; the log should not look like a crash."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, DBusError) and "_make_method_handler" in record.getMessage())
-
-
-_ANSWERED_ERRORS = _DropAnsweredErrors()
+def _too_long(member: str, body: list[Any]) -> str:
+    """Why a call's arguments are refused unread ("" when they are not): a string over the limits."""
+    limit = MAX_LANGUAGE_CHARS if member == "SetLanguage" else MAX_STRING_CHARS
+    for value in body:
+        text = value.value if isinstance(value, Variant) else value
+        if isinstance(text, str) and len(text) > limit:
+            return f"{member}: an argument of {len(text)} characters (at most {limit}): {excerpt(text, limit=20)}"
+    return ""
 
 
 def _is_coroutine(fn: Callable[..., Any]) -> bool:
@@ -174,6 +230,43 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         self._source = controller.source
         self._signatures: tuple[dict[str, str], dict[str, str]] | None = None
         self._ready = asyncio.Event()
+        self._calls: set[asyncio.Task[Any]] = set()
+        """The calls in flight (their tasks), answered by :meth:`shutting_down`."""
+        self._closing = False
+        self._bus: MessageBus | None = None
+
+    @property
+    def closing(self) -> bool:
+        """:meth:`shutting_down` was called: calls are refused with ``ShuttingDown``."""
+        return self._closing
+
+    @property
+    def bus(self) -> MessageBus | None:
+        """The bus connection the interface was last exported on (by :func:`export`)."""
+        return self._bus
+
+    async def shutting_down(self, timeout: float = SHUTDOWN_REPLY_S) -> None:
+        """Refuse new calls and answer those in flight with ``ShuttingDown``; wait until the answers are sent.
+
+        The daemon calls this once, when it begins to stop and before it
+        disconnects; properties can still be read meanwhile. Returns within
+        about ``timeout`` seconds even if the bus does not take the replies.
+        """
+        self._closing = True
+        self._ready.set()  # calls still waiting for serve() run, and are refused
+        calls = list(self._calls)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.wait(calls, timeout=timeout)
+        for bus in list(ServiceInterface._get_buses(self)):
+            if isinstance(bus, Bus) and not await bus.flush(timeout):
+                logger.warning("the session bus did not take sttd's last replies within %.0f s", timeout)
+
+    def disconnect(self) -> None:
+        """Leave the bus (every connection the interface is exported on)."""
+        for bus in {*ServiceInterface._get_buses(self), *([self._bus] if self._bus else [])}:
+            bus.disconnect()
 
     def serve(self) -> None:
         """Let calls through to the controller (see the module docstring).
@@ -186,6 +279,8 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     async def _serving(self) -> None:
         if not self._ready.is_set():
             await self._ready.wait()
+        if self._closing:
+            raise DBusError(SHUTTING_DOWN, "sttd is shutting down")
 
     @property
     def _dictation(self) -> core.Dictation:
@@ -293,11 +388,16 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
-    def LastError(self) -> "s":
-        return self._dictation.last_error
+    def Model(self) -> "s":
+        return self._controller.model
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
+    def LastError(self) -> "s":
+        return outward(self._dictation.last_error)
+
+    # Widgets may poll this many times a second: it returns a stored number and does nothing else.
+    @dbus_property(access=PropertyAccess.READ)
     def Level(self) -> "d":
         return self._level
 
@@ -332,9 +432,9 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
             case core.Triggered(name, text):
                 self.Triggered(name, text)
             case core.ErrorRaised(code, message):
-                self.Error(code, message)
+                self.Error(code, outward(message))
             case core.LastErrorChanged(message):
-                self.emit_properties_changed({"LastError": message})
+                self.emit_properties_changed({"LastError": outward(message)})
             case core.LanguageChanged(language):
                 self.emit_properties_changed({"Language": language})
             case core.EnabledChanged(enabled):
@@ -356,6 +456,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     def engine_changed(self, engine: str) -> None:
         self.emit_properties_changed({"Engine": engine})
 
+    def model_changed(self, model: str) -> None:
+        """Announce ``Model`` (after a reload that changed ``[realtime] model``)."""
+        self.emit_properties_changed({"Model": model})
+
     def check_arguments(self, message: Message) -> bool:
         """A bus message handler: refuse calls whose arguments have the wrong D-Bus type.
 
@@ -366,6 +470,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         """
         if message.message_type != MessageType.METHOD_CALL or message.path != OBJECT_PATH:
             return False
+        refused = _too_long(message.member, message.body)
+        if refused:
+            logger.info("%s refused: %s", message.member, refused)
+            raise DBusError(INVALID_ARGUMENT, refused)
         if self._signatures is None:
             introspection = self.introspect()
             self._signatures = (
@@ -391,31 +499,85 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         return False
 
 
-async def export(controller: Controller) -> tuple[MessageBus, SttdInterface]:
-    """Connect to the session bus, export the interface and own the name.
+async def export(interface: SttdInterface) -> MessageBus:
+    """Connect to the session bus, export ``interface`` on it and own :data:`BUS_NAME`.
 
-    Raises :class:`SttdError` when another sttd already owns the name; the
-    name is requested without queueing, so a second daemon exits at once.
+    Call it again, with the same interface, after the connection was lost.
+    Calls wait until :meth:`SttdInterface.serve` (once; it stays served).
+    Raises :class:`SttdError` when there is no session bus or another sttd
+    owns the name (requested without queueing, so a second daemon exits at
+    once).
     """
-    bus, interface = await connect(controller)
+    bus = await _connect_bus()
+    _export_on(bus, interface)
     await own_name(bus)
-    interface.serve()
-    return bus, interface
+    return bus
+
+
+async def wait_for_disconnect(bus: MessageBus) -> str:
+    """Return once ``bus`` is disconnected: why (``""`` when sttd disconnected it itself)."""
+    try:
+        await bus.wait_for_disconnect()
+    except Exception as exc:  # dbus-next raises whatever ended the connection
+        return excerpt(f"{exc.__class__.__name__}: {exc}")
+    return ""
+
+
+async def stay_exported(interface: SttdInterface) -> None:
+    """Keep ``interface`` on the session bus: after a lost connection, connect and own the name again.
+
+    Runs until cancelled, or until :meth:`SttdInterface.shutting_down`
+    (then it returns once the bus is gone). Raises :class:`SttdError` when
+    :data:`RECONNECT_DELAYS_S` attempts in a row failed; the daemon then
+    exits and systemd (or the next activating call) brings it back.
+    """
+    while True:
+        bus = interface.bus
+        assert bus is not None, "export() first"
+        reason = await wait_for_disconnect(bus)
+        if interface.closing:
+            return
+        logger.warning("lost the session bus connection (%s); reconnecting", reason or "closed")
+        await _reconnect(interface)
+
+
+async def _reconnect(interface: SttdInterface) -> None:
+    problem = ""
+    for delay in RECONNECT_DELAYS_S:
+        await asyncio.sleep(delay)
+        try:
+            await export(interface)
+        except SttdError as exc:
+            problem = str(exc)
+            logger.info("session bus: %s; trying again", problem)
+            continue
+        logger.info("back on the session bus as %s", BUS_NAME)
+        return
+    raise SttdError(f"lost the session bus and could not get back on it: {problem}")
+
+
+async def _connect_bus() -> MessageBus:
+    try:
+        return await Bus(cancelled_error=SHUTTING_DOWN).connect()
+    except (OSError, ValueError, EOFError, DBusError) as exc:
+        raise SttdError(f"cannot connect to the session bus: {excerpt(str(exc), limit=200)}") from None
+
+
+def _export_on(bus: MessageBus, interface: SttdInterface) -> None:
+    bus.add_message_handler(interface.check_arguments)
+    bus.export(OBJECT_PATH, interface)
+    interface._bus = bus
 
 
 async def connect(controller: Controller) -> tuple[MessageBus, SttdInterface]:
-    """Connect to the session bus and export the interface, without owning the name yet.
+    """Connect to the session bus and export a new interface, without owning the name yet.
 
-    Calls wait until :meth:`SttdInterface.serve` is called.
+    Calls wait until :meth:`SttdInterface.serve` is called. (The daemon's
+    way before :func:`export` and :func:`stay_exported`; kept for it.)
     """
-    try:
-        bus = await MessageBus().connect()
-    except (OSError, ValueError, DBusError) as exc:
-        raise SttdError(f"cannot connect to the session bus: {exc}") from None
-    logging.getLogger("asyncio").addFilter(_ANSWERED_ERRORS)  # idempotent
     interface = SttdInterface(controller)
-    bus.add_message_handler(interface.check_arguments)
-    bus.export(OBJECT_PATH, interface)
+    bus = await _connect_bus()
+    _export_on(bus, interface)
     return bus, interface
 
 
@@ -425,7 +587,11 @@ async def own_name(bus: MessageBus) -> None:
     Raises :class:`SttdError` (and disconnects) when another sttd owns it:
     the name is requested without queueing, so a second daemon exits at once.
     """
-    reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    try:
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    except (OSError, EOFError, DBusError) as exc:
+        bus.disconnect()
+        raise SttdError(f"cannot own {BUS_NAME}: {excerpt(str(exc), limit=200)}") from None
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         bus.disconnect()
         raise SttdError(f"another sttd already owns {BUS_NAME} on this session bus")

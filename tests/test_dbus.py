@@ -418,6 +418,7 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".LastError",
         ".Level",
         ".Engine",
+        ".Model",
     }
     for name, line in properties.items():
         assert "emits-change" in line, line
@@ -452,6 +453,7 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
         "LastError": "",
         "Level": 0.0,
         "Engine": "openai",  # an API key is configured
+        "Model": "gpt-live-transcribe",  # the default
     }
     assert dict(zip(expected, clients.busctl_get(*expected), strict=True)) == expected
 
@@ -799,9 +801,12 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
             "transcript": "",
             "last_error": "",
             "engine": "openai",
+            "model": "gpt-live-transcribe",
+            "price": "$0.017 per minute",
         }
         text = sttd.ctl("status")
         assert text.returncode == 0 and "state:      idle" in text.stdout
+        assert "model:      gpt-live-transcribe ($0.017 per minute)" in text.stdout.splitlines()
 
         assert sttd.ctl("lang").stdout == "auto\n"
         assert sttd.ctl("lang", "de").returncode == 0
