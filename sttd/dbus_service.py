@@ -526,8 +526,9 @@ async def wait_for_disconnect(bus: MessageBus) -> str:
 async def stay_exported(interface: SttdInterface) -> None:
     """Keep ``interface`` on the session bus: after a lost connection, connect and own the name again.
 
-    Runs until cancelled, or until :meth:`SttdInterface.shutting_down`
-    (then it returns once the bus is gone). Raises :class:`SttdError` when
+    Runs until cancelled, or until sttd leaves the bus itself
+    (:meth:`SttdInterface.disconnect`, or after :meth:`SttdInterface.shutting_down`):
+    then it returns. Raises :class:`SttdError` when
     :data:`RECONNECT_DELAYS_S` attempts in a row failed; the daemon then
     exits and systemd (or the next activating call) brings it back.
     """
@@ -535,9 +536,9 @@ async def stay_exported(interface: SttdInterface) -> None:
         bus = interface.bus
         assert bus is not None, "export() first"
         reason = await wait_for_disconnect(bus)
-        if interface.closing:
+        if interface.closing or not reason:  # no reason: sttd disconnected it
             return
-        logger.warning("lost the session bus connection (%s); reconnecting", reason or "closed")
+        logger.warning("lost the session bus connection (%s); reconnecting", reason)
         await _reconnect(interface)
 
 
