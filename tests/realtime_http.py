@@ -37,10 +37,7 @@ from .realtime_rules import (
     default_config,
     json_error,
     model_refusals,
-    session_model,
     session_object,
-    transcription_of,
-    turn_detection_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,6 +55,7 @@ class HttpSide:
     _refusals: list[RefusalInfo]
     _take: Callable[[str, str], Any]
     _violation: Callable[[str], None]
+    _record_refusals: Callable[..., None]
     _handshakes: list[dict[str, Any]]
     _conn_info: dict[ServerConnection, _ConnInfo]
 
@@ -254,25 +252,7 @@ class HttpSide:
         config = apply_update(config, session)
         refusals = model_refusals(config)
         if refusals:
-            model = session_model(config)
-            with self._cond:
-                strict = self._options.strict_models
-                for r in refusals:
-                    self._refusals.append(
-                        RefusalInfo(
-                            None,
-                            None,
-                            model,
-                            r.code,
-                            r.param,
-                            r.message,
-                            turn_detection_of(config),
-                            transcription_of(config),
-                        )
-                    )
-                self._cond.notify_all()
-            if strict:
-                self._violation(f"token request for {model}: " + "; ".join(f"{r.param}: {r.message}" for r in refusals))
-            first = refusals[0]
-            return 400, json_error(first.message, "invalid_request_error", first.code, first.param)
+            self._record_refusals(None, None, config, refusals, "token request")
+            refusal = refusals[0]
+            return 400, json_error(refusal.message, "invalid_request_error", refusal.code, refusal.param)
         return config

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from websockets.asyncio.server import ServerConnection
 
-from .realtime_rules import RefusalInfo, default_config, turn_detection_of
+from .realtime_rules import Refusal, RefusalInfo, default_config, session_model, transcription_of, turn_detection_of
 from .realtime_vad import Utterance, Windows
 
 logger = logging.getLogger(__name__)
@@ -227,6 +227,7 @@ class Records:
     _refusals: list[RefusalInfo]
     _connections: list[ConnectionSample]
     _script: Any
+    _options: Any
 
     def _violation(self, text: str) -> None:
         logger.error("protocol violation: %s", text)
@@ -249,6 +250,30 @@ class Records:
         found = self.violations
         if found:
             raise AssertionError("Realtime protocol violations:\n  " + "\n  ".join(found))
+
+    def _record_refusals(
+        self, session: int | None, event_id: str | None, config: dict[str, Any], refusals: list[Refusal], what: str
+    ) -> None:
+        """Keep the refusals of one update; with ``strict_models`` they are violations too."""
+        model = session_model(config)
+        with self._cond:
+            strict = self._options.strict_models
+            for r in refusals:
+                info = RefusalInfo(
+                    session,
+                    event_id,
+                    model,
+                    r.code,
+                    r.param,
+                    r.message,
+                    turn_detection_of(config),
+                    transcription_of(config),
+                )
+                self._refusals.append(info)
+            self._cond.notify_all()
+        if strict:
+            found = "; ".join(f"{r.param}: {r.message}" for r in refusals)
+            self._violation(f"{what} for {model} refused: {found}")
 
     def refusals(self, model: str | None = None) -> list[RefusalInfo]:
         """Every ``session.update`` (and token request) refused for what its model takes, in order."""

@@ -104,10 +104,7 @@ from .realtime_rules import (
     apply_update,
     is_live,
     model_refusals,
-    session_model,
     session_object,
-    transcription_of,
-    turn_detection_of,
 )
 from .realtime_turns import Turns
 from .realtime_vad import DEFAULT_TURN_DETECTION, VAD_WINDOW_MS, rms_threshold, window_rms
@@ -517,26 +514,7 @@ class FakeRealtimeServer(Faults, Turns, HttpSide, Records):
         refusals = model_refusals(config)
         if not refusals:
             return False
-        model = session_model(config)
-        with self._cond:
-            strict = self._options.strict_models
-            for r in refusals:
-                self._refusals.append(
-                    RefusalInfo(
-                        s.index,
-                        event_id,
-                        model,
-                        r.code,
-                        r.param,
-                        r.message,
-                        turn_detection_of(config),
-                        transcription_of(config),
-                    )
-                )
-            self._cond.notify_all()
-        if strict:
-            found = "; ".join(f"{r.param}: {r.message}" for r in refusals)
-            self._violation(f"session.update for {model} (session {s.index}) refused: {found}")
+        self._record_refusals(s.index, event_id, config, refusals, f"session.update (session {s.index})")
         first = refusals[0]
         await self._send(
             s,

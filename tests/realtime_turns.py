@@ -106,6 +106,9 @@ class Turns:
                     raise RuntimeError("force_speech_started needs turn detection or a live model (not manual mode)")
                 if s.live is None:
                     self._begin_live(s)
+                if not s.utterance.speaking:  # speech from now on, as if a loud window began here
+                    s.utterance.speaking = True
+                    s.utterance.segment_start = s.utterance.last_loud_end = s.total
                 assert s.live is not None
                 return s.live.item_id
             if s.speech_item is None:
@@ -205,7 +208,6 @@ class Turns:
             else:
                 text, from_script = self._options.default_transcript.format(n=len(self._turns) + 1), False
         s.live = _Live(self._events.new_item_id(), text, from_script)
-        s.utterance.speaking = True
         logger.info("session %d: speech heard, upcoming item %s", s.index, s.live.item_id)
         self._arm_drop(s)
 

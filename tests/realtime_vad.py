@@ -120,13 +120,23 @@ class Windows:
 
 
 class Utterance:
-    """Onset/end of speech for live models: how much speech has been heard since the onset."""
+    """Onset/end of speech for live models, and how much speech was heard since :meth:`reset`.
+
+    Speech heard is the span from each onset to its last loud window: the
+    silence that ends an utterance does not count, a short pause inside one does.
+    """
 
     def __init__(self) -> None:
         self.speaking = False
+        self.segment_start = 0
         self.last_loud_end = 0
-        self.heard = 0
-        """Bytes of audio since the onset while speaking (pauses inside the utterance included)."""
+        self.before = 0
+        """Speech heard in segments that have ended."""
+
+    @property
+    def heard(self) -> int:
+        """Bytes of speech heard (see the class docstring)."""
+        return self.before + (self.last_loud_end - self.segment_start if self.speaking else 0)
 
     def step(self, window: Window, params: VadParams) -> bool:
         """Take one window; True when it is the onset of speech."""
@@ -135,13 +145,14 @@ class Utterance:
             if not window.loud:
                 return False
             self.speaking = onset = True
-        self.heard += window.end - window.start
+            self.segment_start = window.start
         if window.loud:
             self.last_loud_end = window.end
         elif window.end - self.last_loud_end >= params.silence_bytes:
             self.speaking = False
+            self.before += self.last_loud_end - self.segment_start
         return onset
 
     def reset(self) -> None:
         self.speaking = False
-        self.heard = 0
+        self.before = 0

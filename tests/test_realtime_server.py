@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -791,3 +792,384 @@ def test_forced_speech_then_client_commit_uses_the_speech_item() -> None:
         assert committed["item_id"] == item
         assert "input_audio_buffer.speech_stopped" not in client.types()
         assert server.turns()[0].transcript == ""  # silence, as committed
+
+
+# ------------------------------------------------------- per-model rules
+
+LIVE = "gpt-live-transcribe"
+DELTA = "conversation.item.input_audio_transcription.delta"
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+
+
+def model_settings(model: str, td: str = "client_vad", **kw: Any) -> SessionSettings:
+    return SessionSettings(model=model, turn_detection=TurnDetection(td), **kw)  # type: ignore[arg-type]
+
+
+def raw_update(event_id: str, model: str, td: Any = None, **transcription: Any) -> dict[str, Any]:
+    """A ``session.update`` built by hand (sttd's builder would never send these shapes)."""
+    audio_input = {
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "transcription": {"model": model, **transcription},
+        "turn_detection": td,
+    }
+    return {
+        "type": "session.update",
+        "event_id": event_id,
+        "session": {"type": "transcription", "audio": {"input": audio_input}},
+    }
+
+
+SERVER_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
+REFUSED_UPDATES = [
+    (
+        raw_update("r_td", LIVE, SERVER_VAD),
+        "session.audio.input.turn_detection",
+        "Turn detection is not supported for this transcription model.",
+    ),
+    (
+        raw_update("r_whisper_td", "gpt-realtime-whisper", {"type": "semantic_vad"}),
+        "session.audio.input.turn_detection",
+        "Turn detection is not supported for this transcription model.",
+    ),
+    (
+        raw_update("r_both", "gpt-transcribe", language="en", languages=["en", "de"]),
+        "session.audio.input.transcription.languages",
+        "Specify either 'language' or 'languages', not both.",
+    ),
+    (
+        raw_update("r_kw", LIVE, keywords=["fine", "<b>"]),
+        "session.audio.input.transcription.keywords[1]",
+        "Keywords must not contain '<', '>', carriage returns or line feeds.",
+    ),
+    (
+        raw_update("r_kw_lf", "gpt-transcribe", keywords=["two\nlines"]),
+        "session.audio.input.transcription.keywords[0]",
+        "Keywords must not contain '<', '>', carriage returns or line feeds.",
+    ),
+    (
+        raw_update("r_prompt", "gpt-realtime-whisper", prompt="expect code"),
+        "session.audio.input.transcription.prompt",
+        "'prompt' is not supported with gpt-realtime-whisper.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("update", "param", "message"), REFUSED_UPDATES, ids=[u[0]["event_id"] for u in REFUSED_UPDATES]
+)
+def test_session_update_a_model_does_not_take_is_refused_and_the_session_keeps_its_config(
+    update: dict[str, Any], param: str, message: str
+) -> None:
+    with running_server(strict_models=False, script=["still works"]) as server:
+
+        async def go() -> tuple[dict[str, Any], Client]:
+            client = await open_client(server, settings("manual"))
+            await client.send(update)
+            error = await client.until("error")
+            # the session is still open, with the previous (manual, gpt-4o-mini) config: a turn works
+            await client.append(tone(300))
+            await client.send(client.ev.commit())
+            done = await client.until(COMPLETED)
+            assert done["transcript"] == "still works"
+            await client.ws.close()
+            return error, client
+
+        error, client = run(go)
+        assert error["error"] == {
+            "type": "invalid_request_error",
+            "code": error["error"]["code"],
+            "param": param,
+            "message": message,
+            "event_id": update["event_id"],
+        }
+        assert error["error"]["code"] in ("invalid_value", "invalid_request_error")
+        assert client.types().count("session.updated") == 1
+        config = server.sessions()[0].config["audio"]["input"]
+        assert (config["transcription"]["model"], config["turn_detection"]) == ("gpt-4o-mini-transcribe", None)
+        refusals = server.refusals()
+        assert [(r.session, r.event_id, r.param, r.message) for r in refusals][:1] == [
+            (0, update["event_id"], param, message)
+        ]
+        assert refusals[0].model == update["session"]["audio"]["input"]["transcription"]["model"]
+        assert server.violations == []  # strict_models=False: refusals are not violations
+
+
+def test_strict_models_makes_a_refusal_fail_the_test() -> None:
+    with (
+        pytest.raises(AssertionError, match=r"refused: session\.audio\.input\.turn_detection"),
+        running_server() as server,
+    ):
+
+        async def go() -> None:
+            client = await open_client(server, model_settings(LIVE, "server_vad"))
+            await client.ws.close()
+
+        with pytest.raises(TimeoutError):  # the update is refused: no session.updated ever comes
+            run(go, timeout=1)
+        assert [r.turn_detection["type"] for r in server.refusals(LIVE)] == ["server_vad"]
+        assert server.refusals("gpt-transcribe") == []
+
+
+def test_models_that_take_no_turn_detection_get_it_off_when_the_update_omits_it(
+    realtime_server: FakeRealtimeServer,
+) -> None:
+    async def go() -> dict[str, Any]:
+        client = await open_client(realtime_server, None)  # the server's default: server_vad
+        update = raw_update("omit", LIVE, languages=["de"], keywords=["sttd"])
+        del update["session"]["audio"]["input"]["turn_detection"]
+        await client.send(update)
+        updated = await client.until("session.updated")
+        await client.ws.close()
+        return updated
+
+    audio_input = run(go)["session"]["audio"]["input"]
+    assert audio_input["turn_detection"] is None
+    assert audio_input["transcription"] == {"model": LIVE, "languages": ["de"], "keywords": ["sttd"]}
+    assert realtime_server.refusals() == []
+
+
+def test_token_requests_follow_the_model_rules_too() -> None:
+    with running_server(strict_models=False) as server:
+        session = raw_update("", LIVE, SERVER_VAD)["session"]
+        status, body = post_token(server, server.api_key, {"session": session})
+        assert status == 400
+        assert body["error"]["message"] == "Turn detection is not supported for this transcription model."
+        assert [(r.session, r.model) for r in server.refusals()] == [(None, LIVE)]
+        session["audio"]["input"]["turn_detection"] = None
+        assert post_token(server, server.api_key, {"session": session})[0] == 200
+
+
+# ------------------------------------------------------------ live models
+
+
+def test_live_model_streams_words_while_speech_is_heard_and_completes_on_commit(
+    realtime_server: FakeRealtimeServer,
+) -> None:
+    realtime_server.script(["one two three four five six", "second turn"])
+
+    async def go() -> tuple[Client, list[dict[str, Any]], list[dict[str, Any]]]:
+        client = await open_client(realtime_server, model_settings(LIVE, languages=("de", "en")))
+        await client.append(silence(200) + tone(1000))  # 1 s of speech heard: 4 words at 250 ms a word
+        while client.types().count(DELTA) < 4:
+            await client.recv()
+        during = list(client.received)
+        await client.append(silence(700))  # the end of speech: no more words, and no commit by the server
+        await realtime_server.wait_for_async(lambda: len(realtime_server.audio()) >= 1900 * MS)
+        await client.send(client.ev.commit())
+        await client.until("conversation.item.done")
+        await client.append(tone(600) + silence(600))
+        await client.send(client.ev.commit())
+        while client.types().count("conversation.item.done") < 2:
+            await client.recv()
+        await client.ws.close()
+        return client, during, realtime_server.server_events()
+
+    client, during, sent = run(go)
+    assert sent == client.received
+    deltas = [e for e in during if e["type"] == DELTA]
+    item = deltas[0]["item_id"]
+    assert [e["delta"] for e in deltas] == ["one", " two", " three", " four"]
+    assert {e["item_id"] for e in deltas} == {item}
+    assert not [t for t in client.types() if t.startswith("input_audio_buffer.speech_")]
+    assert client.types().count(DELTA) == 4 + 2 + 2  # the rest after the commit: " five", " six"; "second", " turn"
+    committed = [e for e in client.received if e["type"] == "input_audio_buffer.committed"]
+    assert [(e["item_id"], e["previous_item_id"]) for e in committed] == [(item, None), (committed[1]["item_id"], item)]
+    assert turn_events(client.received, item) == [
+        DELTA,
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        DELTA,
+        COMPLETED,
+        "conversation.item.done",
+    ]
+    completed = [e for e in client.received if e["type"] == COMPLETED]
+    assert [e["transcript"] for e in completed] == ["one two three four five six", "second turn"]
+    assert completed[0]["languages"] == [{"code": "de"}]
+    second = [e["delta"] for e in client.received if e["type"] == DELTA and e["item_id"] == committed[1]["item_id"]]
+    assert "".join(second) == "second turn"
+    assert realtime_server.turns()[0].audio == silence(200) + tone(1000) + silence(700)
+
+
+def test_live_commit_without_speech_is_silence_and_a_short_commit_is_refused(
+    realtime_server: FakeRealtimeServer,
+) -> None:
+    realtime_server.script(["not consumed"])
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], Client]:
+        client = await open_client(realtime_server, model_settings("gpt-realtime-whisper", delay="low"))
+        await client.append(tone(60))
+        await client.send(client.ev.commit())
+        small = await client.until("error")
+        await client.send(client.ev.clear())
+        await client.until("input_audio_buffer.cleared")
+        await client.append(silence(500))
+        await client.send(client.ev.commit())
+        done = await client.until(COMPLETED)
+        await client.ws.close()
+        return small, done, client
+
+    small, done, _ = run(go)
+    assert small["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert done["transcript"] == ""
+    assert "languages" not in done  # gpt-realtime-whisper does not send them
+    assert realtime_server.pending_script == ["not consumed"]  # cleared speech gives its text back
+
+
+def test_manual_commits_with_gpt_transcribe_carry_languages(realtime_server: FakeRealtimeServer) -> None:
+    realtime_server.script(["hallo", "hello"])
+
+    async def go() -> list[dict[str, Any]]:
+        client = await open_client(realtime_server, model_settings("gpt-transcribe", "manual", languages=("fr",)))
+        await client.append(tone(300))
+        await client.send(client.ev.commit())
+        first = await client.until(COMPLETED)
+        await client.send(client.ev.session_update(model_settings("gpt-transcribe", "manual")))
+        await client.until("session.updated")
+        await client.append(tone(300))
+        await client.send(client.ev.commit())
+        second = await client.until(COMPLETED)
+        await client.ws.close()
+        return [first, second]
+
+    first, second = run(go)
+    assert (first["languages"], second["languages"]) == ([{"code": "fr"}], [{"code": "en"}])
+    assert "input_audio_buffer.speech_started" not in [e["type"] for e in realtime_server.server_events()]
+
+
+def test_the_checker_takes_deltas_without_content_index_and_completed_with_languages() -> None:
+    validate_server_event({"type": DELTA, "event_id": "e1", "item_id": "i1"})
+    validate_server_event({"type": DELTA, "event_id": "e1", "item_id": "i1", "delta": "hi"})
+    completed = {
+        "type": COMPLETED,
+        "event_id": "e2",
+        "item_id": "i1",
+        "content_index": 0,
+        "transcript": "hi",
+        "usage": {"type": "duration", "seconds": 1.0},
+        "languages": [{"code": "en"}],
+    }
+    validate_server_event(completed)
+    with pytest.raises(AssertionError, match=r"languages\[0\]\.name"):
+        validate_server_event({**completed, "languages": [{"code": "en", "name": "English"}]})
+    with pytest.raises(AssertionError, match="languages"):
+        validate_server_event({**completed, "languages": ["en"]})
+
+
+# ---------------------------------------------------- faults for hostile peers
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "delay_s"), [(1001, MAX_DURATION_MESSAGE, 0.0), (1011, "Internal server error", 0.3)]
+)
+def test_close_after_update(realtime_server: FakeRealtimeServer, code: int, reason: str, delay_s: float) -> None:
+    realtime_server.close_after_update(code, reason, delay_s, times=2)
+
+    async def one() -> tuple[float, ConnectionClosed]:
+        client = await open_client(realtime_server, model_settings(LIVE))
+        updated_at = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.recv()
+        return time.monotonic() - updated_at, closed.value
+
+    async def go() -> list[tuple[float, ConnectionClosed]]:
+        results = [await one(), await one()]
+        third = await open_client(realtime_server, model_settings(LIVE))  # times=2: the third stays open
+        await third.ws.close()
+        return results
+
+    for elapsed, closed in run(go):
+        assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (code, reason)
+        assert delay_s <= elapsed < delay_s + 1.0
+    assert [s.close_code for s in realtime_server.sessions()][:2] == [code, code]
+    assert realtime_server.wait_for_session_closed(2).close_code == 1000
+
+
+def test_flood_deltas_for_unknown_items(realtime_server: FakeRealtimeServer) -> None:
+    async def go() -> list[dict[str, Any]]:
+        client = await open_client(realtime_server, model_settings(LIVE))
+        await asyncio.to_thread(realtime_server.flood_deltas, 200, "ghost")
+        began = time.monotonic()
+        while client.types().count(DELTA) < 100:
+            await client.recv()
+        elapsed = time.monotonic() - began
+        await asyncio.to_thread(realtime_server.stop_flood)
+        assert 0.3 <= elapsed < 3, elapsed
+        await client.ws.close()
+        return client.received
+
+    received = run(go)
+    ghosts = [e["item_id"] for e in received if e["type"] == DELTA]
+    assert all(i.startswith("ghost_") for i in ghosts) and len(set(ghosts)) == len(ghosts)
+    assert realtime_server.flood_count >= 100
+    assert realtime_server.server_events(DELTA) == []  # counted, not kept
+
+
+def test_errors_echo_the_clients_key_on_demand_and_on_commit() -> None:
+    with running_server(extra_api_keys=["sk-proj-other-key-123"]) as server:
+
+        async def go() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            client = await open_client(server, model_settings(LIVE), key="sk-proj-other-key-123")
+            await asyncio.to_thread(server.echo_key_in_errors)
+            await asyncio.to_thread(server.send_error, "rate_limit_exceeded", "slow down")
+            on_demand = await client.until("error")
+            await client.append(tone(300))
+            commit = client.ev.commit()
+            await client.send(commit)
+            on_commit = await client.until("error")
+            done = await client.until(COMPLETED)  # the commit still goes through
+            await client.append(tone(300))
+            await client.send(client.ev.commit())  # commit_errors=1: no error this time
+            await client.until(COMPLETED)
+            on_commit["commit_id"] = commit["event_id"]
+            await client.ws.close()
+            return on_demand, on_commit, done
+
+        on_demand, on_commit, done = run(go)
+        assert on_demand["error"]["message"] == "slow down (request authorized with sk-proj-other-key-123)"
+        assert "sk-proj-other-key-123" in on_commit["error"]["message"]
+        assert on_commit["error"]["event_id"] == on_commit.pop("commit_id")
+        assert done["transcript"] == "utterance 1"
+        assert len(server.server_events("error")) == 2
+
+
+def test_peak_concurrent_connections_and_the_timeline(realtime_server: FakeRealtimeServer) -> None:
+    async def go() -> None:
+        first = await open_client(realtime_server, model_settings(LIVE))
+        second = await open_client(realtime_server, model_settings(LIVE))
+        await second.ws.close()
+        await realtime_server.wait_for_async(lambda: realtime_server.open_connections == 1)
+        third = await open_client(realtime_server, model_settings(LIVE))
+        await first.ws.close()
+        await third.ws.close()
+
+    run(go)
+    realtime_server.wait_for(lambda: realtime_server.open_connections == 0)
+    assert realtime_server.max_concurrent_connections == 2
+    assert realtime_server.connection_count == 3
+    timeline = realtime_server.connection_timeline()
+    assert [c.open for c in timeline] == [1, 2, 1, 2, 1, 0]
+    assert [c.total for c in timeline][:4] == [1, 2, 2, 3]
+    assert all(a.t <= b.t for a, b in itertools.pairwise(timeline))
+
+
+@pytest.mark.parametrize("model", [LIVE, "gpt-4o-mini-transcribe"])
+def test_never_commit_accepts_audio_and_sends_nothing(realtime_server: FakeRealtimeServer, model: str) -> None:
+    realtime_server.never_commit()
+    td = "client_vad" if model == LIVE else "server_vad"
+
+    async def go() -> Client:
+        client = await open_client(realtime_server, model_settings(model, td))
+        for _ in range(3):
+            await client.append(tone(800) + silence(800))
+            await client.send(client.ev.commit())
+        await client.send(client.ev.clear())
+        cleared = await client.recv()  # nothing came before the answer to clear
+        assert cleared["type"] == "input_audio_buffer.cleared"
+        await client.ws.close()
+        return client
+
+    run(go)
+    assert len(realtime_server.audio()) == 3 * 1600 * MS
+    assert realtime_server.turns() == []
+    assert [e["type"] for e in realtime_server.server_events()][2:] == ["input_audio_buffer.cleared"]
