@@ -74,7 +74,7 @@ def test_stop_in_the_middle_of_a_sentence_still_delivers_it(
         assert sttd.ctl("start").returncode == 0
         sttd.wait_state("listening")
         player = pulse_server.play(wav, wait=False)
-        realtime_server.wait_for_server_event("input_audio_buffer.speech_started", timeout=15)
+        sttd.wait_state("speaking", timeout=15)
         assert sttd.ctl("stop").returncode == 0
         final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 15, "the flushed sentence")
         assert final["text"] == "the whole sentence"
@@ -165,7 +165,11 @@ def test_a_language_change_while_listening_reaches_the_live_session(
     sttd.wait_state("listening")
     assert sttd.ctl("lang", "fr").returncode == 0
     realtime_server.wait_for_client_event("session.update", 2, timeout=10)
-    assert realtime_server.sessions()[0].config["audio"]["input"]["transcription"]["language"] == "fr"
+    transcription = realtime_server.sessions()[0].config["audio"]["input"]["transcription"]
+    # gpt-live-transcribe (the default) takes a list of languages, never `language` beside it.
+    assert transcription["model"] == "gpt-live-transcribe"
+    assert transcription["languages"] == ["fr"]
+    assert "language" not in transcription
     assert sttd.ctl("stop").returncode == 0
     sttd.wait_state("idle")
 
