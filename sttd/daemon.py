@@ -19,15 +19,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dbus_next.aio import MessageBus
-
 from . import __version__, audio, config, core, logsetup, models
 from . import protocol as p
 from . import state as persisted
 from .credentials import CredentialSource
-from .dbus_service import SttdInterface, connect, own_name
+from .dbus_service import SttdInterface, export, stay_exported
 from .engines import NO_ENGINE, LocalEngine, choose_engine, connection_target
-from .errors import AudioError, ConfigError, CredentialsError, SessionError, StateNotSavedError, SttdError
+from .errors import (
+    AudioError,
+    ConfigError,
+    CredentialsError,
+    SessionError,
+    ShuttingDownError,
+    StateNotSavedError,
+    SttdError,
+)
 from .hooks import HookRunner
 from .microphone import Microphone
 from .realtime import RealtimeSession, SessionOptions
@@ -78,21 +84,23 @@ class Daemon:
         self._last_level_at = 0.0
         self._stop_began: float | None = None
         self._run: _DictationRun | None = None
+        self._fatal: SttdError | None = None
 
     # -- lifecycle
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT. Raises :class:`SttdError` when the bus name is taken."""
+        """Serve until SIGTERM/SIGINT. Raises :class:`SttdError` when the bus name is taken, or the bus
+        was lost and could not be got back."""
         loop = asyncio.get_running_loop()
-        bus, self._interface = await connect(self)
+        self._interface = SttdInterface(self)
         # Calls (including the one that activated us) wait until serve(): by
         # then the task group that runs dictations exists.
-        await own_name(bus)
+        await export(self._interface)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 self._interface.serve()
-                bus_watch = tg.create_task(self._shutdown_when_disconnected(bus), name="bus-watch")
+                bus_watch = tg.create_task(self._stay_on_bus(), name="bus-watch")
                 hooks = tg.create_task(self._hooks.run(), name="hooks")
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._shutdown.set)
@@ -109,6 +117,7 @@ class Daemon:
                 await self._shutdown.wait()
                 self._closing = True
                 self._notifier.stopping()
+                await self._interface.shutting_down()
                 await self._stop_for_shutdown()
                 if self._engine_task is not None:
                     self._engine_task.cancel()
@@ -122,14 +131,18 @@ class Daemon:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            bus.disconnect()
+            self._interface.disconnect()
+        if self._fatal is not None:
+            raise self._fatal
         logger.info("stopped", extra=logsetup.event("stopped"))
 
-    async def _shutdown_when_disconnected(self, bus: MessageBus) -> None:
-        # Without its bus nobody can reach sttd; systemd or activation brings it back.
-        await bus.wait_for_disconnect()
-        if not self._shutdown.is_set():
-            logger.error("lost the session bus connection; shutting down")
+    async def _stay_on_bus(self) -> None:
+        # A lost connection is made again (a running dictation goes on); only if that fails does sttd exit.
+        assert self._interface is not None
+        try:
+            await stay_exported(self._interface)
+        except SttdError as exc:
+            self._fatal = exc  # exit 1: systemd's Restart=on-failure brings sttd back
             self._shutdown.set()
 
     async def _stop_for_shutdown(self) -> None:
@@ -259,7 +272,7 @@ class Daemon:
     async def start(self) -> None:
         """Begin a dictation; returns once the microphone is recording (or failed to)."""
         if self._tasks is None or self._closing:
-            raise SttdError("sttd is shutting down")
+            raise ShuttingDownError("sttd is shutting down")
         if not self._dictation.start():
             return
         self._discarding = False

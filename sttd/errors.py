@@ -111,3 +111,9 @@ class StateNotSavedError(SttdError):
     """
 
     dbus_name = "StateNotSaved"
+
+
+class ShuttingDownError(SttdError):
+    """sttd is stopping (SIGTERM): it takes no new dictation."""
+
+    dbus_name = "ShuttingDown"
