@@ -21,16 +21,18 @@ Connections
 Events
     :meth:`~Faults.send_raw`, :meth:`~Faults.send_error`;
     :meth:`~Faults.flood_deltas` (``per_second`` transcript deltas, each for a new
-    unknown ``item_id`` ``{item_prefix}_{n}``, to every open session until
-    :meth:`~Faults.stop_flood`; counted in ``flood_count``, not kept in
-    ``server_events()``); :meth:`~Faults.echo_key_in_errors` (every ``error``
+    unknown ``item_id`` ``{item_prefix}_{n}``, to every open session and every
+    session opened while it runs, until :meth:`~Faults.stop_flood`; counted in
+    ``flood_count``, not kept in ``server_events()``; a client that stops
+    reading holds its flood back, as a socket would); :meth:`~Faults.echo_key_in_errors` (every ``error``
     event's message ends with the bearer the client authenticated with, and
     the next ``commit_errors`` client commits are each answered by such an error,
     then committed as usual).
 Turns
     ``fail_turns``, ``out_of_order_turns``, ``turn_delays``, ``completion_delay_s``;
     :meth:`~Faults.never_commit` (audio is accepted and recorded, no speech is
-    detected, client commits are ignored without an answer: no turn ever completes).
+    detected, client commits are ignored without an answer: no turn ever completes;
+    the server keeps no input buffer meanwhile, only the session's record of its audio).
 Models
     ``strict_models`` (default on): every per-model refusal of a ``session.update``
     is also a violation that fails the test at teardown; a test that provokes
@@ -203,7 +205,7 @@ class Faults:
 
     def close_after_update(
         self,
-        code: int = CLOSE_GOING_AWAY,
+        code: int | None = CLOSE_GOING_AWAY,
         reason: str = MAX_DURATION_MESSAGE,
         delay_s: float = 0.0,
         times: int | None = None,
