@@ -110,6 +110,11 @@ class AudioLedger:
             self.dropped_bytes += len(old)
 
     @property
+    def backlog_ms(self) -> int:
+        """Captured audio waiting to be sent."""
+        return self._backlog_bytes // p.BYTES_PER_MS
+
+    @property
     def backlog_empty(self) -> bool:
         return not self._backlog
 

@@ -558,6 +558,11 @@ class RealtimeSession:
             await asyncio.wait_for(self._cancelled.wait(), delay)
 
     @property
+    def queued_audio_ms(self) -> int:
+        """Captured audio not sent yet (while connecting, reconnecting, or behind a slow connection)."""
+        return self._ledger.backlog_ms
+
+    @property
     def dropped_audio_ms(self) -> int:
         return self._ledger.dropped_bytes // p.BYTES_PER_MS
 

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handshake-delay", type=float, default=0.0, metavar="S")
     parser.add_argument("--session-max", type=float, default=None, metavar="S")
     parser.add_argument("--no-energy-vad", action="store_true", help="only client commits make turns")
+    parser.add_argument("--never-commit", action="store_true", help="accept audio, never make a turn of it")
     parser.add_argument("--dump", metavar="PATH", help="write sessions, events and violations as JSON at exit")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         handshake_delay_s=args.handshake_delay,
         session_max_s=args.session_max,
         energy_vad=not args.no_energy_vad,
+        never_commit=args.never_commit,
     ).start()
     print(
         json.dumps({"url": server.url, "token_url": server.token_url, "api_key": server.api_key}),

@@ -291,7 +291,7 @@ class Faults:
             async def one(s: _Session) -> None:
                 if error is not None:
                     await self._send(s, self._events.error(error[0], error[1]))
-                s.ended = True
+                s.ended, s.end_close = True, (code, reason)
                 await s.ws.close(code, reason)
 
             await asyncio.gather(*(one(s) for s in self._open_sessions()))
@@ -328,7 +328,7 @@ class Faults:
     async def _expire(self, s: _Session, after_s: float) -> None:
         await asyncio.sleep(after_s)
         await self._send(s, self._events.error("session_expired", MAX_DURATION_MESSAGE))
-        s.ended = True
+        s.ended, s.end_close = True, (CLOSE_GOING_AWAY, MAX_DURATION_MESSAGE)
         await s.ws.close(CLOSE_GOING_AWAY, MAX_DURATION_MESSAGE)
 
     def _after_first_update(self, s: _Session) -> None:
@@ -343,7 +343,7 @@ class Faults:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         logger.info("closing session %d with %d after session.updated", s.index, code)
-        s.ended = True
+        s.ended, s.end_close = True, (code, reason)
         await s.ws.close(code, reason)
 
     def _echo_key(self, s: _Session, event: dict[str, Any]) -> dict[str, Any]:

@@ -161,6 +161,8 @@ class _Session:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.ended = False  # the server dropped or closed it: stop reading
+        self.end_close: tuple[int, str] = (1000, "")
+        """The close the server chose when it ended the session (finished by the handler if cut short)."""
         self.expires_at = 0
         # input audio buffer; positions are bytes on the session's audio timeline
         self.buffer = bytearray()

@@ -357,9 +357,10 @@ class FakeRealtimeServer(Faults, Turns, HttpSide, Records):
                 task.cancel()
             await asyncio.gather(*s.tasks, return_exceptions=True)
             if s.ended and ws.state.name != "CLOSED":
-                # The server ended it: wait (bounded by close_timeout) for the close to finish.
+                # The server ended it: finish that close (the task sending it may have been
+                # cancelled above before its close frame went out), bounded by close_timeout.
                 with contextlib.suppress(Exception):
-                    await ws.wait_closed()
+                    await ws.close(*s.end_close)
             with self._cond:
                 s.closed = True
                 s.close_code = ws.close_code
