@@ -8,13 +8,11 @@ SIGHUP reloads the configuration.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
 import logging
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +32,7 @@ from .errors import (
     StateNotSavedError,
     SttdError,
 )
+from .fanout import Fanout
 from .hooks import HookRunner
 from .microphone import Microphone
 from .realtime import RealtimeSession, SessionOptions
@@ -42,12 +41,10 @@ from .systemd import Notifier
 if TYPE_CHECKING:
     from .vad import VoiceDetector
 
-__all__ = ["Daemon", "choose_engine", "main"]
+__all__ = ["Daemon", "choose_engine"]
 
 logger = logging.getLogger(__name__)
 
-LEVEL_INTERVAL_S = 0.1
-"""Level updates go out at most ten times a second."""
 SHUTDOWN_FLUSH_S = 5.0
 """On SIGTERM, how long a running dictation may take to deliver its last words."""
 WEDGED_AFTER_S = 60.0
@@ -71,17 +68,17 @@ class Daemon:
         self._dictation = core.Dictation(enabled=saved.enabled, language=language, triggers=_triggers(cfg))
         self._notifier = Notifier()
         self._hooks = HookRunner(cfg.hooks, cfg.output, on_error=self._hook_failed)
+        self._fanout = Fanout(self._dictation, self._hooks, self._notifier)
         self._interface: SttdInterface | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._shutdown = asyncio.Event()
         self._closing = False
         self._session: RealtimeSession | None = None
         self._microphone = Microphone(
-            cfg.audio, on_problem=self._audio_problem, on_level=self._audio_level, on_source=self._audio_source
+            cfg.audio, on_problem=self._audio_problem, on_level=self._fanout.level, on_source=self._audio_source
         )
         self._dictation_task: asyncio.Task[None] | None = None
         self._discarding = False
-        self._last_level_at = 0.0
         self._stop_began: float | None = None
         self._run: _DictationRun | None = None
         self._fatal: SttdError | None = None
@@ -92,7 +89,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT. Raises :class:`SttdError` when the bus name is taken, or the bus
         was lost and could not be got back."""
         loop = asyncio.get_running_loop()
-        self._interface = SttdInterface(self)
+        self._interface = self._fanout.interface = SttdInterface(self)
         # Calls (including the one that activated us) wait until serve(): by
         # then the task group that runs dictations exists.
         await export(self._interface)
@@ -111,7 +108,7 @@ class Daemon:
                     watchdog = tg.create_task(self._watchdog(self._notifier.watchdog_interval_s))
                 if self._microphone.keeps_open:
                     tg.create_task(self._open_for_preroll(), name="preroll")
-                self._notifier.ready(self._status_line())
+                self._notifier.ready(self._fanout.status_line())
                 logger.info("sttd %s ready on the session bus", __version__, extra=logsetup.event("ready"))
                 models.warn_if_deprecated(models.model_info(self._config.realtime.model))
                 await self._shutdown.wait()
@@ -219,7 +216,7 @@ class Daemon:
             self._take_config(new)
             logger.info("configuration reloaded", extra=logsetup.event("reloaded"))
         finally:
-            self._notifier.ready(self._status_line())
+            self._notifier.ready(self._fanout.status_line())
 
     def _take_config(self, new: config.Config) -> None:
         restart = new.local != self._config.local
@@ -464,49 +461,14 @@ class Daemon:
     def _audio_source(self, name: str) -> None:
         self._source_changed()
 
-    def _audio_level(self, level: float) -> None:
-        now = time.monotonic()
-        if self._interface is None or now - self._last_level_at < LEVEL_INTERVAL_S:
-            return
-        if self._dictation.state in (core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING):
-            self._last_level_at = now
-            self._interface.set_level(round(level, 3))
-
     def _source_changed(self) -> None:
-        if self._interface is not None:
-            self._interface.source_changed(self.source)
-
-    # -- outputs
+        self._fanout.source(self.source)
 
     def _publish(self) -> None:
-        language = self._dictation.language
-        said_in = ""  # the utterance a voice trigger in this batch was said in ("" for D-Bus Send/Purge)
-        for output in self._dictation.take_outputs():
-            if self._interface is not None:
-                self._interface.publish(output)
-            match output:
-                case core.StateChanged():
-                    self._notifier.status(self._status_line())
-                case core.TranscriptEmitted(final=True, item_id=item_id):
-                    said_in = item_id
-                case core.TextCommitted(text, item_id):
-                    self._hooks.submit("transcript", text, language=language, item_id=item_id)
-                case core.Triggered(name="send", text=text):
-                    self._hooks.submit("send", text, language=language, item_id=said_in)
-                case core.Triggered(name="purge", text=text):
-                    self._hooks.submit("purge", text, language=language, item_id=said_in)
+        self._fanout.publish()
 
     def _hook_failed(self, code: str, message: str) -> None:
-        """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""
-        self._dictation.report_problem(message)
-        if self._interface is not None:
-            self._interface.publish(core.ErrorRaised(code, message))
-        self._publish()
-
-    def _status_line(self) -> str:
-        state = self._dictation.state
-        error = f": {self._dictation.last_error}" if state is core.State.ERROR else ""
-        return f"{state}{error}" if self._dictation.enabled else f"disabled ({state})"
+        self._fanout.problem(code, message)
 
     def _save_state(self) -> None:
         saved = persisted.PersistedState(enabled=self._dictation.enabled, language=self._dictation.language)
@@ -540,46 +502,3 @@ async def _detector_for(settings: p.SessionSettings) -> VoiceDetector | None:
 
 def _triggers(cfg: config.Config) -> core.Triggers:
     return core.Triggers(cfg.triggers.send, cfg.triggers.purge, cfg.triggers.position)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sttd", description="Speech-to-text daemon (D-Bus: io.github.sttd.Sttd1).")
-    parser.add_argument(
-        "--config", type=Path, metavar="PATH", help="config file (default: $XDG_CONFIG_HOME/sttd/config.toml)"
-    )
-    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper, metavar="LEVEL"
-    )
-    parser.add_argument("--version", action="version", version=f"sttd {__version__}")
-    return parser
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    return _parser().parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        cfg = config.load(args.config)
-    except ConfigError as exc:
-        print(f"sttd: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(f"sttd: {args.config or config.default_path()}: configuration is valid")
-        for line in config.check_report(cfg):
-            print(f"sttd: {line}")
-        return 0
-    logsetup.setup(args.log_level)
-    daemon = Daemon(cfg, args.config, persisted.default_path(), log_level=args.log_level)
-    try:
-        asyncio.run(daemon.run())
-    except SttdError as exc:
-        logger.error("%s", exc, extra=logsetup.event("start-failed"))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -74,8 +74,11 @@ class AudioLedger:
         self.trimmed_bytes = 0
         """Sent audio cut from the replay log because it grew past the limit (no turn finished for that long)."""
         self._in_flight = False
-        self._log = bytearray()
-        self._log_start = 0  # offset of _log[0]
+        # The frames as sent, not one bytearray: trimming the front of a bytearray keeps its
+        # allocation, and a log at its bound would hold about twice the audio it keeps.
+        self._log: deque[bytes] = deque()
+        self._log_bytes = 0
+        self._log_start = 0  # offset of the first byte of _log[0]
         self._sent = 0
         self._recent: deque[tuple[float, int]] = deque()  # (sent at, offset before it) of recent frames
         self._turns: deque[_Turn] = deque()
@@ -135,10 +138,11 @@ class AudioLedger:
         while len(self._recent) > 1 and self._recent[1][0] < now - UNCONFIRMED_S:
             self._recent.popleft()
         self._backlog_bytes -= len(frame)
-        self._log += frame
+        self._log.append(frame)
+        self._log_bytes += len(frame)
         self._sent += len(frame)
-        if len(self._log) > self._limit:
-            excess = len(self._log) - self._limit
+        if self._log_bytes > self._limit:
+            excess = self._log_bytes - self._limit
             self._trim(self._log_start + excess)
             self.trimmed_bytes += excess
 
@@ -196,22 +200,27 @@ class AudioLedger:
             self._trim(self._turns.popleft().end)
 
     def _trim(self, upto: int) -> None:
-        cut = max(0, min(upto - self._log_start, len(self._log)))
-        del self._log[:cut]
+        cut = max(0, min(upto - self._log_start, self._log_bytes))
+        self._log_bytes -= cut
         self._log_start += cut
+        while cut and cut >= len(self._log[0]):
+            cut -= len(self._log.popleft())
+        if cut:
+            self._log[0] = self._log[0][cut:]
 
     def connection_lost(self, now: float) -> int:
         """Put the unconfirmed audio back in front of the backlog; returns its length in ms."""
         self._in_flight = False  # that frame was not confirmed written: it goes again
-        end = self._log_start + len(self._log)
+        end = self._log_start + self._log_bytes
         owed = bool(self._turns or self.in_speech or self.awaiting_commit)
         start = self._log_start if owed else max(self._log_start, self._unconfirmed_from(now) - IDLE_REPLAY_BYTES)
         keep = end - start
         ends = self._unfinished_ends() if self.client_turns else []
-        frames = _frames(bytes(self._log[len(self._log) - keep :]), start, ends)
+        frames = _frames(b"".join(self._log)[self._log_bytes - keep :], start, ends)
         self._backlog.extendleft(reversed(frames))
         self._backlog_bytes += keep
         self._log.clear()
+        self._log_bytes = 0
         self._log_start = self._sent = self._committed_at = 0
         self._recent.clear()
         self._turns.clear()

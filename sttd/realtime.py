@@ -21,9 +21,8 @@ import contextlib
 import enum
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,6 +33,7 @@ from . import protocol as p
 from .credentials import CredentialSource
 from .errors import ProtocolError, SessionError
 from .ledger import AudioLedger
+from .reconnect import EXCERPT_CHARS, Retry, backoff, classify
 from .redact import excerpt
 
 if TYPE_CHECKING:
@@ -41,25 +41,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RECOVERABLE_CLOSE_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, 1014})
-"""Close codes after which a new connection may succeed. 1001 is also how the
-service ends a session at its 60-minute limit."""
-
-FATAL_CLOSE_CODES = {
-    3000: ("credentials", "the service refused the credentials (close 3000)"),
-    4000: ("refused", "the service refused the request (close 4000)"),
-}
-
-MAX_DURATION_HINT = "maximum duration"
-SERVICE_MAX_SESSION_S = 60 * 60.0
-"""The service ends every session after 60 minutes, with close 1001 and a "maximum duration" reason."""
 FLUSH_GRACE_S = 0.3
 """On Stop, how long to wait for the service to notice speech in the last frames before deciding
 there is nothing to commit (its VAD reports speech_started a little after the audio)."""
 CLIENT_TURN_PREFIX = "sttd_turn_"
 """Item ids of the speech_started/stopped events sttd's own voice detection reports to the core."""
-EXCERPT_CHARS = 200
-"""What a server's error message or close reason may add to a log line or LastError."""
 
 
 @dataclass(frozen=True)
@@ -94,14 +80,6 @@ class SessionOptions:
 Target = Callable[[], Awaitable[tuple[str, CredentialSource]]]
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
-
-
 class SessionListener(Protocol):
     """What the session reports; called on the event loop, must not block."""
 
@@ -116,16 +94,6 @@ class _Phase(enum.Enum):
     RUNNING = "running"
     FINISHING = "finishing"
     CANCELLED = "cancelled"
-
-
-class _Retry(Exception):
-    """The connection ended in a way another connection may fix."""
-
-    def __init__(self, reason: str, *, counts: bool = True, planned: bool = False) -> None:
-        super().__init__(reason)
-        self.counts = counts
-        self.planned = planned
-        """Our own rollover between turns: nothing is owed, nothing to announce."""
 
 
 class _Flush:
@@ -275,19 +243,20 @@ class RealtimeSession:
             try:
                 await self._connection()
                 return
-            except _Retry as exc:
+            except Retry as exc:
                 if self._cancelled.is_set():
                     return
                 failures = self._count(failures, exc)
                 self._announce(exc)
                 if exc.counts:
-                    await self._sleep_unless_cancelled(min(self._backoff(failures), self._finish_by - time.monotonic()))
+                    delay = backoff(failures, self._options.backoff_base_s, self._options.backoff_max_s)
+                    await self._sleep_unless_cancelled(min(delay, self._finish_by - time.monotonic()))
                 if self._phase is _Phase.FINISHING and self._ledger.backlog_empty:
                     return  # nothing left that a new connection could transcribe
             finally:
                 self._ws = None
 
-    def _count(self, failures: int, exc: _Retry) -> int:
+    def _count(self, failures: int, exc: Retry) -> int:
         """The consecutive failures after this one; raises when they are too many."""
         if self._healthy or time.monotonic() - self._connected_at >= self._options.healthy_after_s:
             failures = 0  # that connection worked: only consecutive failures count
@@ -299,7 +268,7 @@ class RealtimeSession:
             raise SessionError(message, retryable=False, code="connection") from None
         return failures
 
-    def _announce(self, exc: _Retry) -> None:
+    def _announce(self, exc: Retry) -> None:
         replay_ms = self._ledger.connection_lost(time.monotonic())
         if exc.planned:
             logger.info("%s; continuing on a new session", exc)
@@ -324,7 +293,10 @@ class RealtimeSession:
             self._listener.session_ready()
             await self._pump(ws)
         except Exception as exc:
-            raise self._classify(exc) from None
+            if self._phase is _Phase.CANCELLED:
+                raise Retry("cancelled") from None
+            lived = time.monotonic() - self._connected_at
+            raise classify(exc, lived_s=lived, min_rollover_s=self._options.min_rollover_s) from None
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(), 2)
@@ -353,23 +325,6 @@ class RealtimeSession:
         errors = [e for t in (sender, receiver) if not t.cancelled() and isinstance(e := t.exception(), Exception)]
         raise ExceptionGroup("the connection failed", errors)
 
-    def _classify(self, exc: Exception) -> Exception:
-        """What a connection's failure means: fatal (SessionError), worth retrying, or a bug (as is).
-
-        The task group may report several failures at once; the most decisive wins.
-        """
-        leaves = list(_leaves(exc))
-        for kind in (SessionError, _Retry):
-            found = next((e for e in leaves if isinstance(e, kind)), None)
-            if found is not None:
-                return found
-        closed = next((e for e in leaves if isinstance(e, ConnectionClosed)), None)
-        if closed is not None:
-            return self._closed(closed)
-        if any(isinstance(e, TimeoutError) for e in leaves):
-            return _Retry("the service did not answer session.update in time")
-        return exc
-
     async def _open(self) -> ClientConnection:
         url, self._credentials = await self._target()
         bearer = await self._bearer()
@@ -394,21 +349,21 @@ class RealtimeSession:
                     f"the service refused the credentials (HTTP {status})", retryable=False, code="credentials"
                 ) from None
             if status >= 500 or status == 429:
-                raise _Retry(f"handshake failed with HTTP {status}") from None
+                raise Retry(f"handshake failed with HTTP {status}") from None
             raise SessionError(
                 f"the service refused the connection (HTTP {status})", retryable=False, code="refused"
             ) from None
         except TimeoutError:
-            raise _Retry("handshake timed out") from None
+            raise Retry("handshake timed out") from None
         except (OSError, InvalidHandshake) as exc:
-            raise _Retry(f"cannot connect: {exc.__class__.__name__}: {excerpt(str(exc), EXCERPT_CHARS)}") from None
+            raise Retry(f"cannot connect: {exc.__class__.__name__}: {excerpt(str(exc), EXCERPT_CHARS)}") from None
 
     async def _bearer(self) -> str:
         try:
             return await self._credentials.bearer()
         except SessionError as exc:
             if exc.retryable:
-                raise _Retry(str(exc)) from None
+                raise Retry(str(exc)) from None
             raise
 
     async def _configure(self, ws: ClientConnection) -> None:
@@ -483,7 +438,7 @@ class RealtimeSession:
                 if self._flush_done(flush):
                     return
             elif self._rollover_due():
-                raise _Retry("session rollover before the service's time limit", counts=False, planned=True)
+                raise Retry("session rollover before the service's time limit", counts=False, planned=True)
             self._wake.clear()
             timeout = flush.next_check() if flush else 1.0
             with contextlib.suppress(TimeoutError):
@@ -522,34 +477,6 @@ class RealtimeSession:
             and not self._ledger.awaiting_commit
             and self._ledger.outstanding == 0
         )
-
-    def _closed(self, exc: ConnectionClosed) -> Exception:
-        if self._phase is _Phase.CANCELLED:
-            return _Retry("cancelled")
-        rcvd = exc.rcvd
-        code = rcvd.code if rcvd is not None else 1006
-        reason = excerpt(rcvd.reason, EXCERPT_CHARS) if rcvd is not None and rcvd.reason else ""
-        if code in FATAL_CLOSE_CODES:
-            kind, message = FATAL_CLOSE_CODES[code]
-            return SessionError(f"{message}: {reason}" if reason else message, retryable=False, code=kind)
-        if code not in RECOVERABLE_CLOSE_CODES:
-            return SessionError(f"the service closed the session (code {code}: {reason})", retryable=False)
-        if code == 1001 and MAX_DURATION_HINT in reason.lower():
-            return self._max_duration()
-        return _Retry(f"connection closed (code {code}{': ' + reason if reason else ''})")
-
-    def _max_duration(self) -> _Retry:
-        # Only a session near the service's limit really reached it: an earlier
-        # "maximum duration" (a broken proxy, a hostile endpoint) is a failure,
-        # paced and counted like any other, or it would reconnect in a tight loop.
-        lived = time.monotonic() - self._connected_at
-        if lived >= self._options.min_rollover_s:
-            return _Retry("the session reached its maximum duration", counts=False)
-        return _Retry(f"the service claimed the session's maximum duration after only {lived:.0f} s")
-
-    def _backoff(self, failures: int) -> float:
-        delay = min(self._options.backoff_max_s, self._options.backoff_base_s * 2.0 ** (failures - 1))
-        return delay * random.uniform(0.5, 1.0)
 
     async def _sleep_unless_cancelled(self, delay: float) -> None:
         if delay <= 0:

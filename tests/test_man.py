@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 
 import sttd
-from sttd import config, ctl, daemon, models
+from sttd import cli as daemon
+from sttd import config, ctl, models
 from sttd.errors import SttdError
 
 from .bus import require
@@ -246,7 +247,7 @@ def test_the_privacy_trade_off_of_preroll_is_spelled_out() -> None:
 
 
 def sttd_parser(monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
-    """The parser ``sttd.daemon._parse_args`` builds (the real one: this only records it on its way)."""
+    """The parser ``sttd.cli._parse_args`` builds (the real one: this only records it on its way)."""
     builder = getattr(daemon, "_parser", None)
     if callable(builder):
         parser: argparse.ArgumentParser = builder()
