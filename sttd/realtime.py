@@ -298,8 +298,12 @@ class RealtimeSession:
             lived = time.monotonic() - self._connected_at
             raise classify(exc, lived_s=lived, min_rollover_s=self._options.min_rollover_s) from None
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(ws.close(), 2)
+            except Exception:
+                # A peer that does not finish the close in time: never leave its socket open
+                # beside the next connection.
+                ws.transport.abort()
 
     async def _pump(self, ws: ClientConnection) -> None:
         """Send and receive until the dictation is finished or cancelled; the first failure ends both.
