@@ -7,14 +7,26 @@ never pass silently.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .bus import session_bus
-from .realtime_server import realtime_server
-from .sound import pipewire_server, pulse_server
+from .bus import SessionBus, session_bus
+from .daemon import Sttd, running_sttd
+from .realtime_server import FakeRealtimeServer, realtime_server
+from .sound import SoundServer, pipewire_server, pulse_server
 
 __all__ = ["pipewire_server", "pulse_server", "realtime_server", "session_bus"]
+
+
+@pytest.fixture
+def sttd(
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> Iterator[Sttd]:
+    """The installed sttd, configured for the test Realtime server, ready on the test bus (killed afterwards)."""
+    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server) as daemon:
+        yield daemon
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

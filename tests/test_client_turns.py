@@ -56,6 +56,21 @@ def assert_no_turn_detection_sent(server: FakeRealtimeServer) -> None:
     assert server.refusals() == []
 
 
+def dictate(h: Harness, played: np.ndarray, *, finals: int = 0, timeout: float = 10) -> None:
+    """Run the session, feed ``played``, wait for ``finals`` final transcripts, then Stop."""
+
+    async def body() -> None:
+        task = asyncio.create_task(h.session.run())
+        await h.feed(played)
+        await h.wait(lambda: len(h.finals()) >= finals, timeout, f"{finals} finals")
+        h.core.stop()
+        h.session.finish()
+        await task
+        h.core.finished()
+
+    run(body)
+
+
 def test_speech_pause_speech_is_two_committed_turns(
     realtime_server: FakeRealtimeServer, voices: dict[str, np.ndarray]
 ) -> None:
@@ -63,15 +78,7 @@ def test_speech_pause_speech_is_two_committed_turns(
     h = live_harness(realtime_server)
     played = np.concatenate([silence(0.3), voices[FIRST], silence(1.2), voices[SECOND], silence(1.0)])
 
-    async def body() -> None:
-        task = asyncio.create_task(h.session.run())
-        await h.feed(played)
-        await h.wait(lambda: len(h.finals()) == 2, 10, "two finals")
-        h.core.stop()
-        h.session.finish()
-        await task
-
-    run(body)
+    dictate(h, played, finals=2)
     assert [f.text for f in h.finals()] == [FIRST, SECOND]
     assert len(realtime_server.client_events("input_audio_buffer.commit")) == 2
     turns = realtime_server.turns()
@@ -89,14 +96,7 @@ def test_a_150_ms_click_is_no_turn(realtime_server: FakeRealtimeServer) -> None:
     click = (rng.normal(0, 0.3, int(0.15 * RATE)) * 32767).clip(-32768, 32767).astype(np.int16)
     h = live_harness(realtime_server)
 
-    async def body() -> None:
-        task = asyncio.create_task(h.session.run())
-        await h.feed(np.concatenate([silence(0.5), click, silence(1.5)]))
-        h.core.stop()
-        h.session.finish()
-        await task
-
-    run(body)
+    dictate(h, np.concatenate([silence(0.5), click, silence(1.5)]))
     assert realtime_server.client_events("input_audio_buffer.commit") == []
     assert h.finals() == []
     assert core.State.SPEAKING not in [o.state for o in h.outputs if isinstance(o, core.StateChanged)]
@@ -110,15 +110,7 @@ def test_stop_in_mid_sentence_delivers_the_sentence(
     voice = voices[FIRST]
     played = np.concatenate([silence(0.3), voice[: int(voice.size * 0.7)]])
 
-    async def body() -> None:
-        task = asyncio.create_task(h.session.run())
-        await h.feed(played)
-        h.core.stop()
-        h.session.finish()
-        await task
-        h.core.finished()
-
-    run(body)
+    dictate(h, played)
     assert [f.text for f in h.finals()] == [FIRST]
     (turn,) = realtime_server.turns()
     assert turn.audio == played.astype("<i2").tobytes()  # all of it, to the last frame before Stop
@@ -130,15 +122,7 @@ def test_a_drop_mid_utterance_loses_no_word(realtime_server: FakeRealtimeServer,
     h = live_harness(realtime_server)
     played = np.concatenate([silence(0.3), voices[FIRST], silence(1.2), voices[SECOND], silence(1.0)])
 
-    async def body() -> None:
-        task = asyncio.create_task(h.session.run())
-        await h.feed(played)
-        await h.wait(lambda: len(h.finals()) == 2, 15, "two finals")
-        h.core.stop()
-        h.session.finish()
-        await task
-
-    run(body)
+    dictate(h, played, finals=2, timeout=15)
     assert h.reconnects
     assert len(h.finals()) == 2
     # The first sentence was cut by the drop: the new connection's first turn holds all of it again.
@@ -183,15 +167,7 @@ def test_sttd_reports_speaking_and_processing_from_its_own_detection(
     realtime_server.script([FIRST])
     h = live_harness(realtime_server)
 
-    async def body() -> None:
-        task = asyncio.create_task(h.session.run())
-        await h.feed(np.concatenate([silence(0.3), voices[FIRST], silence(1.0)]))
-        await h.wait(lambda: len(h.finals()) == 1, 10, "the final")
-        h.core.stop()
-        h.session.finish()
-        await task
-
-    run(body)
+    dictate(h, np.concatenate([silence(0.3), voices[FIRST], silence(1.0)]), finals=1)
     states = [o.state for o in h.outputs if isinstance(o, core.StateChanged)]
     at = states.index(core.State.LISTENING)
     assert states[at : at + 4] == [

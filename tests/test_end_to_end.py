@@ -8,7 +8,6 @@ session bus, and the test Realtime server standing in for OpenAI.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +19,6 @@ from .bus import SessionBus, wait_until
 from .daemon import Listener, Sttd, running_sttd, sttctl
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, pcm, speech_wav, wav_samples, xcorr_similarity
-
-
-@pytest.fixture
-def sttd(
-    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
-) -> Iterator[Sttd]:
-    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server) as daemon:
-        yield daemon
 
 
 def test_speech_in_the_microphone_comes_out_as_a_transcript_signal(

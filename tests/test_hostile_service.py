@@ -15,32 +15,22 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from sttd import protocol as p
 from sttd.credentials import ApiKey, CredentialSource
 from sttd.realtime import RealtimeSession, SessionOptions
 
 from .bus import SessionBus, wait_until
-from .daemon import Listener, Sttd, running_sttd
+from .daemon import Listener, Sttd
 from .realtime_records import ConnectionSample
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer
 from .test_systemd import Daemon, DatagramSink, clean_daemon_env, parse_notify, short_dir, write_config
 
 MAX_ATTEMPTS = 3  # the default [realtime] max_reconnect_attempts
-
-
-@pytest.fixture
-def sttd(
-    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
-) -> Iterator[Sttd]:
-    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server) as daemon:
-        yield daemon
 
 
 def _ends_in_error_after_paced_attempts(sttd: Sttd, server: FakeRealtimeServer) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from dbus_next import Message, MessageType
@@ -21,19 +19,10 @@ from sttd import dbus_service
 from sttd.bus import Bus
 
 from .bus import SessionBus
-from .daemon import Sttd, running_sttd
+from .daemon import Sttd
 from .realtime_server import FakeRealtimeServer
-from .sound import SoundServer
 
 NAME, PATH, IFACE = dbus_service.BUS_NAME, dbus_service.OBJECT_PATH, dbus_service.INTERFACE
-
-
-@pytest.fixture
-def sttd(
-    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
-) -> Iterator[Sttd]:
-    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server) as daemon:
-        yield daemon
 
 
 def _call(member: str) -> Message:
