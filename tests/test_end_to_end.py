@@ -246,3 +246,32 @@ def test_cancel_while_connecting_returns_to_idle_at_once(sttd: Sttd, realtime_se
     assert sttd.ctl("cancel").returncode == 0
     sttd.wait_state("idle", timeout=3)  # well before the handshake would have completed
     assert realtime_server.client_events("input_audio_buffer.append") == []
+
+
+def test_a_deprecated_model_still_works_and_says_once_when_it_goes_away(
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    realtime_server.script(["Still here.", "Still here."])
+    wav = speech_wav("still here", tmp_path / "still.wav")
+    extra = 'model = "gpt-4o-mini-transcribe"\n'
+    with running_sttd(tmp_path, session_bus, pulse_server, realtime_server, extra_config=extra) as sttd:
+        listener = Listener(sttd)
+        try:
+            for n in (1, 2):
+                assert sttd.ctl("start").returncode == 0
+                sttd.wait_state("listening")
+                pulse_server.play(wav)
+                listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 20, f"final {n}")
+                listener.seen.clear()
+                assert sttd.ctl("stop").returncode == 0
+                sttd.wait_state("idle")
+        finally:
+            listener.close()
+        log = sttd.log
+    # The service's own voice detection for this model: sttd sent server_vad, the server found the turns.
+    update = realtime_server.client_events("session.update")[0]
+    assert update["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert realtime_server.server_events("input_audio_buffer.speech_started")
+    warnings = [line for line in log.splitlines() if "shut down on 2027-02-26" in line]
+    assert len(warnings) == 1, warnings
+    assert " WARNING " in warnings[0] and "gpt-transcribe" in warnings[0]
