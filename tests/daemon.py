@@ -132,6 +132,8 @@ class Listener:
     def __init__(self, sttd: Sttd) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
+        self.arrived: list[tuple[float, dict[str, Any]]] = []
+        """Every event with the monotonic time sttctl printed it."""
         self.process = subprocess.Popen(
             [command("sttctl"), "listen", "--json"], env=sttd.env, stdout=subprocess.PIPE, text=True
         )
@@ -143,7 +145,9 @@ class Listener:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.events.put(json.loads(line))
+            event = json.loads(line)
+            self.arrived.append((time.monotonic(), event))
+            self.events.put(event)
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

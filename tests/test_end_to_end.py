@@ -8,6 +8,7 @@ session bus, and the test Realtime server standing in for OpenAI.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,33 @@ def test_a_deprecated_model_still_works_and_says_once_when_it_goes_away(
     warnings = [line for line in log.splitlines() if "shut down on 2027-02-26" in line]
     assert len(warnings) == 1, warnings
     assert " WARNING " in warnings[0] and "gpt-transcribe" in warnings[0]
+
+
+def test_gpt_live_transcribe_shows_words_on_d_bus_while_the_person_speaks(
+    tmp_path: Path, sttd: Sttd, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    sentence = "we are testing live dictation on the linux desktop today"
+    realtime_server.script([sentence])
+    wav = speech_wav(sentence, tmp_path / "live.wav")
+    samples = wav_samples(wav)
+    voiced_s = np.flatnonzero(np.abs(samples) > 300)[-1] / p.SAMPLE_RATE
+    listener = Listener(sttd)
+    try:
+        assert sttd.ctl("start").returncode == 0
+        sttd.wait_state("listening")
+        played_at = time.monotonic()
+        pulse_server.play(wav, wait=False)
+        final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 20, "the final")
+        assert sttd.ctl("stop").returncode == 0
+        sttd.wait_state("idle")
+    finally:
+        listener.close()
+    partials = [at for at, e in listener.arrived if e["type"] == "transcript" and not e["final"]]
+    assert partials, "no partial Transcript"
+    # The first words reached D-Bus before the speaker had finished (playback starts a little after
+    # played_at, so the real end of speech is later still: the check is on the safe side).
+    assert partials[0] < played_at + voiced_s
+    assert final["text"] == sentence
+    for update in realtime_server.client_events("session.update"):
+        assert update["session"]["audio"]["input"].get("turn_detection") is None
+    assert realtime_server.refusals() == []
