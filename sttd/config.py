@@ -24,7 +24,7 @@ from .errors import ConfigError, InvalidLanguageError
 from .languages import check_language
 from .protocol import SessionSettings, TurnDetection
 from .redact import excerpt
-from .triggers import compile_pattern
+from .triggers import check_pattern
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime?intent=transcription"
 
@@ -307,7 +307,7 @@ def _check_values(config: Config) -> None:
     _check_range("local.threads", config.local.threads, 0, 256)
     for name in ("send", "purge"):
         try:
-            compile_pattern(getattr(config.triggers, name))
+            check_pattern(getattr(config.triggers, name))
         except ConfigError as exc:
             raise ConfigError(f"triggers.{name}: {exc}") from None
     for name in ("transcript", "send", "purge"):

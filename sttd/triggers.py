@@ -14,6 +14,7 @@ utterance (``.``), or one that can match without any text (``\\b``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import re2  # type: ignore[import-untyped]
@@ -92,3 +93,57 @@ def _fires_on_everything(pattern: Pattern) -> str | None:
     if any(start == end for spans in found for start, end in spans):
         return "can match without any text (an empty match), so it fires on ordinary utterances"
     return None
+
+
+def check_pattern(source: str) -> None:
+    """What the config adds to :func:`compile_pattern`: no repeated repetition (see :func:`_nested_repeat`)."""
+    compile_pattern(source)
+    if _nested_repeat(source):
+        raise ConfigError(
+            f"{excerpt(source)} repeats a repetition (like (a+)+): catastrophic in backtracking engines, "
+            "and never needed for a trigger word; write it without the nesting"
+        )
+
+
+def _nested_repeat(source: str) -> bool:
+    """Whether an unbounded repeat contains another one: ``(a+)+``, ``(a*)*``, ``(?:a|b+){2,}``.
+
+    RE2 matches these in linear time, so sttd is safe either way; they are
+    refused because they are the classic catastrophic-backtracking mistake:
+    the same pattern in ``grep -P``, a widget or a future engine would hang,
+    and a trigger never needs one. Python's own parser reads the structure
+    (a pattern it cannot parse is left to RE2, which accepted it).
+    """
+    try:
+        parsed = re._parser.parse(source)  # type: ignore[attr-defined]
+    except (re.error, RecursionError, OverflowError):
+        return False
+    return _has_nested(parsed.data, inside=False)
+
+
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+
+
+def _has_nested(items: Any, inside: bool) -> bool:
+    """Whether a repeat of more than one is found in ``items`` (parsed pattern) below another one."""
+    for op, arg in items:
+        name = str(op)
+        repeats = False
+        if name in _REPEATS:
+            high = arg[1]
+            repeats = high is re._constants.MAXREPEAT or high > 1  # type: ignore[attr-defined]
+            if repeats and inside:
+                return True
+        if any(_has_nested(child, inside or repeats) for child in _children(name, arg)):
+            return True
+    return False
+
+
+def _children(name: str, arg: Any) -> list[Any]:
+    if name in _REPEATS:
+        return [arg[2].data]
+    if name == "SUBPATTERN":
+        return [arg[-1].data]
+    if name == "BRANCH":
+        return [branch.data for branch in arg[1]]
+    return []

@@ -349,9 +349,15 @@ def test_a_pattern_re2_cannot_compile_says_re2_syntax_is_used() -> None:
         assert "triggers.send" in message and "RE2 syntax" in message and "backreferences" in message
 
 
-def test_a_backtracking_pattern_is_harmless() -> None:
-    cfg = config.parse("[triggers]\nsend = '(a+)+$'")  # fine under RE2: matching is linear
-    triggers = core.Triggers(cfg.triggers.send, cfg.triggers.purge, cfg.triggers.position)
+@pytest.mark.parametrize("pattern", ["(a+)+$", "(?:x|y*)+z", "(sen+d )+now"])
+def test_a_nested_repetition_is_refused_naming_the_key(pattern: str) -> None:
+    with pytest.raises(ConfigError, match=r"triggers\.purge: .*repeats a repetition"):
+        config.parse(f"[triggers]\npurge = '{pattern}'")
+
+
+def test_matching_is_linear_even_for_a_pattern_that_backtracks_elsewhere() -> None:
+    # Refused at load, but the matcher itself is RE2: had one slipped through, it could not stall sttd.
+    triggers = core.Triggers("(a+)+$", r"\bpurge\b")
     assert triggers.match("a" * 40 + "!?") == core.TriggerMatch("send", "")
     assert triggers.match("a" * 10_000 + "b") is None
 
