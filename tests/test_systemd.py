@@ -371,6 +371,35 @@ def test_ready_status_watchdog_reloading_and_stopping_arrive_on_notify_socket(
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+def test_a_reload_with_a_config_nested_too_deep_keeps_the_old_one_and_still_reports_ready(
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    sockets = short_dir("notify")
+    notify = DatagramSink(sockets / "notify", parse_notify)
+    config = write_config(tmp_path / "config.toml", realtime_server.url)
+    env = clean_daemon_env(tmp_path, session_bus, pulse_server, realtime_server, NOTIFY_SOCKET=str(notify.path))
+    daemon = Daemon([command("sttd"), "--config", str(config)], env, tmp_path / "sttd.log")
+    try:
+        notify.wait_for(lambda m: "READY" in m, 15, "READY=1")
+        good = config.read_text()
+        config.write_text(good + "\n[hooks]\ntranscript = " + "[" * 100_000 + "\n")  # tomllib recurses on it
+        daemon.signal(signal.SIGHUP)
+        notify.wait_for(lambda m: "RELOADING" in m, 10, "RELOADING=1")
+        wait_until(lambda: sum("READY" in m for m in notify.values()) == 2, 10, "READY=1 after the refused reload")
+        refused = [line for line in daemon.log.splitlines() if "reload refused" in line]
+        assert len(refused) == 1 and len(refused[0]) < 400, refused
+        assert "Traceback" not in daemon.log and "RecursionError" not in daemon.log
+        # The old configuration still works.
+        assert sttctl(env, "start").returncode == 0
+        notify.wait_for(lambda m: m.get("STATUS") == "listening", 15, "STATUS=listening")
+        assert sttctl(env, "stop").returncode == 0
+        assert daemon.terminate() == 0, daemon.log
+    finally:
+        daemon.close()
+        notify.close()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
 def test_the_notifier_is_inert_without_notify_socket_and_keeps_each_message_whole(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
