@@ -266,6 +266,9 @@ class Daemon:
         stamp = 'printf "%s %s\\n" "$STTD_ITEM_ID" "$EPOCHREALTIME" >> "$0"'
         text = f'[realtime]\nurl = "{self.rig.server.url}"\n'
         text += 'engine = "local"\n' if self.local_model else 'engine = "openai"\n'
+        # The service's turn detection, as the SDK baseline uses: the figures compare like with like.
+        # sttd's own turns (gpt-live-transcribe, the default) are measured by bench/turns.py and bench/vad.py.
+        text += 'model = "gpt-transcribe"\n'
         text += f"\n[audio]\nchunk_ms = {self.chunk_ms}\npreroll_ms = {self.preroll_ms}\n"
         if self.hooks:
             text += f'\n[hooks]\ntranscript = ["bash", "-c", \'{stamp}\', "{self.hooks_log}"]\n'

@@ -150,14 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1, help="times the eight sentences are said (about 40 s)")
     parser.add_argument("--chunk-ms", type=int, default=40)
+    parser.add_argument("--sentences", type=int, default=0, help="only the first N sentences (0: all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "turns.json")
     args = parser.parse_args(argv)
 
     signal, bounds = stimulus(args.rounds)
+    texts = [text for _, _, text in SENTENCES] * args.rounds
+    if args.sentences:
+        bounds, texts = bounds[: args.sentences], texts[: args.sentences]
+        signal = signal[: bounds[-1][1] + RATE]  # a second of the pause after the last one
     silence_ms = LIVE.turn_detection.silence_duration_ms
     runs = []
     for n in range(args.runs):
-        with FakeRealtimeServer(script=[text for _, _, text in SENTENCES] * args.rounds) as server:
+        with FakeRealtimeServer(script=texts) as server:
             run = asyncio.run(one_run(signal, args.chunk_ms, server))
             server.assert_no_violations()
         runs.append(figures(run, bounds, args.chunk_ms, silence_ms))

@@ -50,3 +50,25 @@ def test_the_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     table = (tmp_path / "smoke.md").read_text()
     assert "| goal | sttd | met |" in table
     assert "openai ÷ sttd" in table
+
+
+@pytest.mark.timeout(120)
+def test_the_turns_bench_runs_and_every_sentence_is_one_commit_and_one_final(tmp_path: Path) -> None:
+    """``python -m bench.turns`` on two sentences: it completes and reports each figure (values not checked)."""
+    for binary in ("espeak-ng", "sox"):
+        require(binary)
+    out = tmp_path / "turns.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.turns", "--runs", "1", "--sentences", "2", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["complete"]
+    (run,) = result["runs"]
+    assert run["commits"] == run["finals"] == 2
+    assert run["end_of_speech_to_commit_minus_silence_ms"]["n"] == 2
+    assert run["onset_to_first_partial_ms"]["n"] == 2
