@@ -248,3 +248,20 @@ def test_scores_between_the_thresholds_keep_speech_going() -> None:
         events += [(i, event) for event in segmenter.window(i * WINDOW, score, loud if score > 0.3 else quiet, 0)]
     # 0.4 is above 0.5 - 0.15: the speech goes on through it; the 0.2s are silence, dated from where it went quiet.
     assert events == [(1, SpeechStarted(0)), (9, SpeechStopped(7 * 32 + 96))]
+
+
+def test_a_quiet_room_gives_the_same_turns_with_the_gate_that_skips_its_silence(
+    two_sentences: tuple[np.ndarray, list[tuple[float, float]]],
+) -> None:
+    """At a -60 dBFS floor the gate leaves the model out of the silence, and the turns are those it would find."""
+    signal, bounds = two_sentences
+    quiet_room = np.clip(
+        signal + np.random.default_rng(11).normal(0.0, 32768 * 10 ** (-60 / 20), signal.size), -32768, 32767
+    ).astype(np.int16)
+    gated, ungated = VoiceDetector(VadSettings()), VoiceDetector(VadSettings(), gate=False)
+    events = run(gated, quiet_room)
+    assert events == run(ungated, quiet_room)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped] * 2, events
+    # Skippable: the silence before the first sentence and what follows each stop (the rest is scored).
+    assert gated.windows_scored < 0.85 * ungated.windows_scored, (gated.windows_scored, ungated.windows_scored)
+    assert bounds
