@@ -3,7 +3,9 @@
 sttd (the installed console script, as a subprocess) dictates without a
 break for ``--seconds`` (600 by default; CI runs 60 in tests/test_soak.py)
 while espeak-ng sentences are played into the virtual microphone, each
-followed by a pause. Between sentences, in turn, the rig:
+followed by a pause. At the first pause ``disrupt_every_s`` after the
+previous disruption (after every sentence in runs under 5 minutes), in turn,
+the rig:
 
 * **drops** the websocket (TCP abort, no close frame);
 * **drops mid-utterance** (close 1011 400 ms into the next sentence);
@@ -14,8 +16,9 @@ followed by a pause. Between sentences, in turn, the rig:
   follow with a new one without losing the sentence around it;
 * **restarts the sound server** (PulseAudio killed with SIGKILL and started
   again on the same socket);
-* **changes the default source** to a second microphone (and back the next
-  time), and plays into that one;
+* **changes the default source** to a second microphone, back, and to the
+  second again (so the sound server restarts while sttd is on the second
+  one), and plays into whichever is the default;
 * **floods the hooks**: the server completes ``flood_turns`` turns 10 ms
   apart, each a final ``Transcript`` and a transcript hook that takes 50 ms.
 
@@ -78,7 +81,18 @@ SENTENCES = (
     "the children are playing in the garden",
     "turn off the lights in the kitchen before you go to bed",
 )
-DISRUPTIONS = ("drop", "hook_flood", "rollover", "source_change", "drop_mid_utterance", "sound_restart")
+DISRUPTIONS = (
+    "drop",
+    "source_change",
+    "hook_flood",
+    "rollover",
+    "source_change",
+    "drop_mid_utterance",
+    "source_change",
+    "sound_restart",
+)
+"""In turn. Three source changes a round: to mic2, back to mic, to mic2 again, so the sound server
+restarts while sttd records from the second microphone and must follow the new server's default."""
 SENTENCE_RE = re.compile(r"soak sentence (\d{4})")
 HOOK_SCRIPT = 'cat >/dev/null; sleep 0.05; printf "%s %s\\n" "$STTD_EVENT" "$STTD_ITEM_ID" >> "$0"'
 BUS_NAME = "io.github.sttd.Sttd1"
@@ -114,7 +128,8 @@ BOUNDS = {"rss_kb": 4096, "fds": 2, "threads": 1}
 def plan_for(seconds: float) -> Plan:
     if seconds >= 300:
         return Plan(seconds=seconds, sample_s=3.0, warmup_s=60.0, disrupt_every_s=20.0)
-    return Plan(seconds=seconds, sample_s=1.5, warmup_s=min(15.0, seconds / 4), disrupt_every_s=seconds / 8)
+    # Short runs: a disruption after every sentence, so that each kind comes at least once.
+    return Plan(seconds=seconds, sample_s=1.5, warmup_s=min(15.0, seconds / 4), disrupt_every_s=0.0)
 
 
 def log(message: str) -> None:
@@ -553,6 +568,9 @@ def summarise(soak: Soak, samples: list[dict[str, Any]], exit_code: int | None) 
 
 
 def run(plan: Plan, out: Path, keep: bool) -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
     directory = Path(tempfile.mkdtemp(prefix="sttd-soak-", dir="/tmp"))
     soak = Soak(plan, directory)
     failed = True
@@ -574,9 +592,7 @@ def run(plan: Plan, out: Path, keep: bool) -> dict[str, Any]:
             subprocess.run(["rm", "-rf", str(directory)], check=False)
     document = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": commit,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "plan": asdict(plan),
         **result,
