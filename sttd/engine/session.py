@@ -14,12 +14,19 @@ A :class:`Session` answers the client events of one websocket connection:
 * ``error`` events with the service's codes, echoing the client's ``event_id``.
 
 Turns are transcribed one at a time in commit order by the engine's one
-:class:`~sttd.engine.transcriber.Transcriber`. The live models
-(``gpt-live-transcribe``, ``gpt-realtime-whisper``) get the same events:
-their deltas come after the commit, not during speech. Partials while the
-person speaks belong in :meth:`Session.append` (the audio of the turn in
-progress is :attr:`Session.buffer`'s), decoded at a lower priority than
-committed turns.
+:class:`~sttd.engine.transcriber.Transcriber`.
+
+The live models (``gpt-live-transcribe``, ``gpt-realtime-whisper``), which
+take no turn detection, also get deltas *while the person speaks*: each time
+:data:`PARTIAL_EVERY_S` of new audio has arrived with speech in it (Silero
+says so) and no draft decode of this session is running, the uncommitted
+audio so far is decoded again as a draft (after every committed turn
+waiting), and the words two successive drafts agree on are sent as deltas
+for the coming item (:class:`~sttd.engine.partials.Agreement`). Its
+``item_id`` is chosen with the first delta and the commit carries it. At the
+commit, the final decode's text beyond what was sent comes as one more
+delta; when the final does not continue the sent text, only ``completed``
+follows (the client replaces the partial text with it).
 """
 
 from __future__ import annotations
@@ -41,16 +48,24 @@ from websockets.exceptions import ConnectionClosed
 from ..errors import ProtocolError
 from ..protocol import MIN_COMMIT_MS, ServerEvents, parse_client_event
 from ..redact import excerpt
+from .partials import Agreement, SpeechTracker, final_delta
 from .resample import Resampler
 from .session_config import DEFAULT_VAD, EventRefused, SessionConfig, Transcription, apply_update, diagnose
 from .transcriber import ModelUnavailableError, Transcriber
 from .transcriber import Request as TranscriptionRequest
-from .vad import SAMPLES_PER_MS, InputBuffer, SpeechProbe, SpeechStart, SpeechStop
+from .vad import RATE, SAMPLES_PER_MS, FloatArray, InputBuffer, SpeechProbe, SpeechStart, SpeechStop
 
 logger = logging.getLogger(__name__)
 
 CLOSE_REFUSED = 4000
 """A refused request shape: the client does not retry it."""
+PARTIAL_EVERY_S = 1.0
+"""A draft decode of the turn in progress once this much new audio has arrived."""
+PARTIAL_SPEECH_S = 0.3
+"""...and only if speech was heard this recently: in a pause the client is about to commit, and its
+final should not wait for a draft (a draft that has started cannot be interrupted)."""
+PARTIAL_MAX_S = 30.0
+"""No drafts for a longer buffer: beyond one Whisper window each draft would cost a decode per 30 s."""
 SUPPORTED_EVENTS = (
     "session.update",
     "input_audio_buffer.append",
@@ -78,7 +93,64 @@ class _Turn:
     audio: npt.NDArray[np.float32]
     request: TranscriptionRequest
     reports_languages: bool
+    sent: str = ""
+    """What partial deltas already sent of this item's text."""
     committed_at: float = field(default_factory=time.monotonic)
+
+
+class _Drafts:
+    """The partial text of one session's turn in progress: its audio so far and what was sent of it."""
+
+    def __init__(self, probe: SpeechProbe | None) -> None:
+        self.speech = SpeechTracker(probe, DEFAULT_VAD.threshold)
+        self.agreement = Agreement()
+        self.item: str | None = None
+        """The coming item's id, chosen with its first delta."""
+        self.task: asyncio.Task[None] | None = None
+        self._chunks: list[FloatArray] = []
+        self._size = 0
+        self.start = 0
+        """Stream position (of :attr:`speech`) of the turn's first sample."""
+        self.end = 0
+        """Stream position after the turn's last sample."""
+        self.decoded_upto = 0
+        """Stream position where the last draft's audio ended."""
+
+    def add(self, samples: FloatArray) -> None:
+        self.speech.feed(samples)
+        self.end += samples.size
+        if self._size <= PARTIAL_MAX_S * RATE:
+            self._chunks.append(samples)
+            self._size += samples.size
+
+    def due(self) -> bool:
+        """Time for a draft: enough new audio, speech in it just now, none running, not too long."""
+        last = self.speech.last_speech
+        return (
+            self.task is None
+            and self._size <= PARTIAL_MAX_S * RATE
+            and self.end - self.decoded_upto >= PARTIAL_EVERY_S * RATE
+            and last is not None
+            and last > max(self.decoded_upto, self.start)
+            and self.speech.position - last <= PARTIAL_SPEECH_S * RATE
+        )
+
+    def audio(self) -> FloatArray:
+        joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        self._chunks = [joined]
+        self.decoded_upto = self.end
+        return joined
+
+    def restart(self) -> tuple[str | None, str]:
+        """The turn is committed or cleared: its item id and sent text; drafts start afresh after it."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        item, sent = self.item, self.agreement.text
+        self.item, self.agreement = None, Agreement()
+        self.start = self.decoded_upto = self.end
+        self._chunks, self._size = [], 0
+        return item, sent
 
 
 def close_reason(text: str) -> str:
@@ -101,6 +173,9 @@ class Session:
         self.last_item: str | None = None
         self.turns: asyncio.Queue[_Turn] = asyncio.Queue()
         self._events = context.events
+        self._drafts: _Drafts | None = None
+        self._draft_tasks: set[asyncio.Task[None]] = set()
+        """The partial text of the turn in progress, for a live model without turn detection."""
 
     def session_object(self) -> dict[str, Any]:
         return {
@@ -131,6 +206,7 @@ class Session:
                 pass
             finally:
                 worker.cancel()
+                self._stop_drafts()
 
     # -- client events
 
@@ -153,6 +229,8 @@ class Session:
             elif kind == "input_audio_buffer.clear":
                 self.buffer.clear()
                 self.speech_item = None
+                if self._drafts is not None:
+                    self._drafts.restart()
                 await self.send(self._events.cleared())
             else:
                 supported = ", ".join(f"'{t}'" for t in SUPPORTED_EVENTS)
@@ -170,6 +248,8 @@ class Session:
         if self.config.vad != self.buffer.vad:
             self.speech_item = None
         self.buffer.set_vad(self.config.vad)
+        if not self._drafting():
+            self._stop_drafts()
         logger.debug(
             "session %s: model %s, language %r, turn detection %s",
             self.id,
@@ -181,7 +261,11 @@ class Session:
 
     async def append(self, pcm: bytes) -> None:
         dropped = self.buffer.dropped
-        for decision in self.buffer.append(self.resampler.process_bytes(pcm)):
+        samples = self.resampler.process_bytes(pcm)
+        decisions = self.buffer.append(samples)
+        if self._drafting():
+            self._draft(samples)
+        for decision in decisions:
             if isinstance(decision, SpeechStart):
                 self.speech_item = self._events.new_item_id()
                 await self.send(self._events.speech_started(self.speech_item, decision.start // SAMPLES_PER_MS))
@@ -201,12 +285,13 @@ class Session:
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered:.2f}ms of audio.",
             )
-        item = self.speech_item or self._events.new_item_id()
+        drafted, sent = self._drafts.restart() if self._drafts is not None else (None, "")
+        item = self.speech_item or drafted or self._events.new_item_id()
         self.speech_item = None
         _, audio = self.buffer.take()
-        await self._commit(item, audio, client=True)
+        await self._commit(item, audio, client=True, sent=sent)
 
-    async def _commit(self, item: str, audio: npt.NDArray[np.float32], *, client: bool) -> None:
+    async def _commit(self, item: str, audio: npt.NDArray[np.float32], *, client: bool, sent: str = "") -> None:
         previous, self.last_item = self.last_item, item
         await self.send(self._events.committed(item, previous))
         await self.send(self._events.item_added(item, previous))
@@ -223,7 +308,57 @@ class Session:
             vad_threshold=threshold,
             report_language=reports,
         )
-        self.turns.put_nowait(_Turn(item, previous, audio, request, reports))
+        self.turns.put_nowait(_Turn(item, previous, audio, request, reports, sent))
+
+    # -- partial text while the person speaks
+
+    def _drafting(self) -> bool:
+        return self.config.vad is None and self.config.model.live
+
+    def _stop_drafts(self) -> None:
+        if self._drafts is not None:
+            self._drafts.restart()
+            self._drafts = None
+
+    def _draft(self, samples: FloatArray) -> None:
+        """Keep the turn's audio and start a draft decode when one is due."""
+        if self._drafts is None:
+            # Audio buffered before the session became a live one is not in the drafts (the final has it).
+            self._drafts = _Drafts(self.context.new_probe())
+        drafts = self._drafts
+        drafts.add(samples)
+        if drafts.due():
+            drafts.task = asyncio.create_task(self._run_draft(drafts, drafts.audio()))
+            # Keep a reference until it ends: drafts.task is dropped before its delta is sent.
+            self._draft_tasks.add(drafts.task)
+            drafts.task.add_done_callback(self._draft_tasks.discard)
+
+    async def _run_draft(self, drafts: _Drafts, audio: FloatArray) -> None:
+        transcription = self.config.transcription
+        request = TranscriptionRequest(
+            audio,
+            language=transcription.whisper_language,
+            prompt=transcription.prompt,
+            hotwords=transcription.hotwords,
+            draft=True,
+        )
+        started = time.monotonic()
+        try:
+            text = "".join([piece.text async for piece in self.context.transcriber.transcribe(request)]).strip()
+        except Exception as exc:  # a draft that fails costs only its partial text; the final will say more
+            logger.debug("session %s: a draft decode failed: %s: %s", self.id, exc.__class__.__name__, exc)
+            drafts.task = None
+            return
+        # Decoded: from here on a commit must not cancel this task, or the delta it counts as sent might not be.
+        drafts.task = None
+        drafts.agreement, delta = drafts.agreement.hear(text)
+        logger.debug(
+            "session %s: draft of %.2f s in %.2f s: %r", self.id, audio.size / RATE, time.monotonic() - started, text
+        )
+        if delta:
+            if drafts.item is None:
+                drafts.item = self._events.new_item_id()
+            await self.send(self._events.delta(drafts.item, delta))
 
     # -- transcription
 
@@ -241,7 +376,8 @@ class Session:
                 language = piece.language or language
                 if delta.strip():
                     deltas.append(delta)
-                    await self.send(self._events.delta(turn.item_id, delta))
+                    if not turn.sent:  # else the rest is known only once the whole text is
+                        await self.send(self._events.delta(turn.item_id, delta))
         except ModelUnavailableError as exc:
             await self.send(self._events.failed(turn.item_id, "model_unavailable", str(exc)))
             return
@@ -251,6 +387,9 @@ class Session:
             await self.send(self._events.failed(turn.item_id, "transcription_failed", message))
             return
         transcript = "".join(deltas).strip()
+        rest = final_delta(turn.sent, transcript) if turn.sent else None
+        if rest:
+            await self.send(self._events.delta(turn.item_id, rest))
         logger.debug(
             "session %s: %s, %.2f s of audio, final %.2f s after commit: %r",
             self.id,
