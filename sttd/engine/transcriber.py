@@ -77,7 +77,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class Request:
-    """One committed turn to transcribe."""
+    """One committed turn to transcribe (or, with ``draft``, the audio so far of one in progress)."""
 
     audio: npt.NDArray[np.float32]
     """16 kHz mono, full scale 1.0."""
