@@ -297,6 +297,20 @@ def speech_wav(text: str, path: Path) -> Path:
     return path
 
 
+VOICE_LEVEL = 300
+"""A sample louder than this is voice (espeak-ng's silences are digital zeros)."""
+
+
+def voiced(texts: tuple[str, ...], directory: Path) -> dict[str, np.ndarray]:
+    """Each text as espeak-ng says it (24 kHz samples), its leading and trailing silence cut."""
+    out = {}
+    for i, text in enumerate(texts):
+        samples = wav_samples(speech_wav(text, directory / f"voice-{i}.wav"))
+        loud = np.flatnonzero(np.abs(samples) > VOICE_LEVEL)
+        out[text] = samples[loud[0] : loud[-1] + 1]
+    return out
+
+
 def tone_wav(path: Path, hz: float, seconds: float, amplitude: float = 0.5) -> Path:
     """A sine tone as a 24 kHz mono s16 wav."""
     t = np.arange(int(seconds * RATE)) / RATE

@@ -21,7 +21,7 @@ from sttd import protocol as p
 
 from .realtime_server import FakeRealtimeServer
 from .session_harness import RATE, Harness, run
-from .sound import speech_wav, wav_samples, xcorr_similarity
+from .sound import voiced, xcorr_similarity
 
 LIVE = p.SessionSettings(model="gpt-live-transcribe", turn_detection=p.TurnDetection("client_vad"))
 FIRST = "the quick brown fox jumps over the lazy dog"
@@ -30,14 +30,8 @@ SECOND = "please send the report before noon tomorrow"
 
 @pytest.fixture(scope="module")
 def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    """Each sentence as espeak-ng says it, leading and trailing silence cut."""
-    directory = tmp_path_factory.mktemp("voices")
-    out = {}
-    for i, text in enumerate((FIRST, SECOND)):
-        samples = wav_samples(speech_wav(text, directory / f"{i}.wav"))
-        loud = np.flatnonzero(np.abs(samples) > 300)
-        out[text] = samples[loud[0] : loud[-1] + 1]
-    return out
+    """The two sentences, their leading and trailing silence cut."""
+    return voiced((FIRST, SECOND), tmp_path_factory.mktemp("voices"))
 
 
 def silence(seconds: float) -> np.ndarray:

@@ -26,12 +26,10 @@ from sttd.vad import (
     preload,
 )
 
-from .sound import RATE, speech_wav, wav_samples
+from .sound import RATE, voiced
 
 FIRST = "please write this down"
 SECOND = "the meeting moves to thursday at four in the afternoon"
-VOICE_LEVEL = 300
-"""A sample louder than this is voice (espeak-ng's silences are digital zeros)."""
 FLOOR_DBFS = -50.0
 
 Event = SpeechStarted | SpeechStopped
@@ -40,13 +38,7 @@ Event = SpeechStarted | SpeechStopped
 @pytest.fixture(scope="module")
 def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """The two sentences, their leading and trailing silence cut."""
-    directory = tmp_path_factory.mktemp("vad")
-    out = {}
-    for i, text in enumerate((FIRST, SECOND)):
-        samples = wav_samples(speech_wav(text, directory / f"{i}.wav"))
-        loud = np.flatnonzero(np.abs(samples) > VOICE_LEVEL)
-        out[text] = samples[loud[0] : loud[-1] + 1]
-    return out
+    return voiced((FIRST, SECOND), tmp_path_factory.mktemp("vad"))
 
 
 def silence(seconds: float) -> np.ndarray:
