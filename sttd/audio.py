@@ -438,7 +438,7 @@ class _Worker:
                 if not self._started:
                     self._out.started(exc if isinstance(exc, AudioError) else AudioError(str(exc)))
                     return
-                log.warning("sound server lost: %s", exc or type(exc).__name__)
+                log.warning("sound server lost: %s", str(exc) or type(exc).__name__)
                 self._set_problem("lost the sound server; reconnecting")
                 self._stopping.wait(backoff.next())
             except Exception as exc:

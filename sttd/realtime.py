@@ -418,6 +418,11 @@ class RealtimeSession:
             logger.debug("commit refused as empty: %s", message)
             self._ledger.commit_refused()
             return False
+        if error.code == "session_expired":
+            # The close that follows is handled like any other end of a session (a new one takes over,
+            # the audio it owed is resent): nothing for the user to act on, so no Error signal.
+            logger.info("the service ended the session: %s", message)
+            return False
         logger.warning("service error %s: %s", excerpt(error.code or error.type, 60), message)
         return True
 

@@ -82,10 +82,9 @@ def test_level_is_answered_every_time_and_sttd_stops_cleanly(soak: dict[str, Any
     assert poller["errors"] == 0, poller
     assert "error" not in soak["states_seen"]
     assert soak["states_seen"][-1] == "idle"
-    # The only Error signal is the service's own "session_expired" before its rollover close, which
-    # sttd passes on as it passes on every service error (bench/README.md "Soak"); nothing else.
-    assert {e["code"] for e in soak["error_signals"]} <= {"session_expired"}
-    assert len(soak["error_signals"]) <= soak["disruptions"]["rollover"]
+    # No Error signal at all: the service's "session_expired" before its close is followed by a new
+    # session and costs the user nothing, so sttd logs it at INFO rather than signalling it.
+    assert soak["error_signals"] == []
     assert soak["sttd_exit_code"] == 0
     assert soak["sttd_log"]["tracebacks"] == 0
     assert not [m for m in soak["sttd_log"]["by_message"] if " ERROR " in f" {m} " or "CRITICAL" in m]
