@@ -72,15 +72,9 @@ from tests.realtime_server import FakeRealtimeServer
 from tests.sound import SoundServer, speech_wav
 
 from .harness import REPO, children, memory_kb
+from .run import ENGINE_SENTENCES
 
-SENTENCES = (
-    "please remember to buy milk on the way home",
-    "the weather is lovely today",
-    "we will meet in the library after lunch",
-    "can you call me back tomorrow morning",
-    "the children are playing in the garden",
-    "turn off the lights in the kitchen before you go to bed",
-)
+SENTENCES = ENGINE_SENTENCES
 DISRUPTIONS = (
     "drop",
     "source_change",

@@ -33,7 +33,9 @@ class State(enum.StrEnum):
     ERROR = "error"
 
 
-_TURN_STATES = frozenset({State.LISTENING, State.SPEAKING, State.PROCESSING})
+TURN_STATES = frozenset({State.LISTENING, State.SPEAKING, State.PROCESSING})
+"""A dictation's states between turns and within them: changes among them are logged at DEBUG, and the
+microphone ``Level`` moves only in them (in every other it is 0)."""
 ACTIVE_STATES = frozenset({State.CONNECTING, State.LISTENING, State.SPEAKING, State.PROCESSING, State.RECONNECTING})
 
 
@@ -296,7 +298,7 @@ class Dictation:
         if new is self._state:
             return
         # Turn-by-turn changes would flood the journal of a daemon left running all day.
-        level = logging.DEBUG if {new, self._state} <= _TURN_STATES else logging.INFO
+        level = logging.DEBUG if {new, self._state} <= TURN_STATES else logging.INFO
         logger.log(level, "state: %s -> %s", self._state, new, extra={"STTD_STATE": str(new)})
         self._state = new
         self._emit(StateChanged(new))

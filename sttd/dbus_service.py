@@ -60,8 +60,6 @@ OBJECT_PATH = "/io/github/sttd/Sttd1"
 INTERFACE = "io.github.sttd.Sttd1"
 ERROR_PREFIX = f"{INTERFACE}.Error."
 PROPERTIES = "org.freedesktop.DBus.Properties"
-LEVEL_STATES = frozenset({core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING})
-"""The states in which ``Level`` moves; in every other it is 0 and emits nothing."""
 INVALID_ARGUMENT = ERROR_PREFIX + "InvalidArgument"
 SHUTTING_DOWN = ERROR_PREFIX + "ShuttingDown"
 """The answer to a call that arrives, or is still running, once sttd is stopping."""
@@ -421,7 +419,7 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         """Announce one core output on the bus."""
         match output:
             case core.StateChanged(state):
-                if state not in LEVEL_STATES:
+                if state not in core.TURN_STATES:
                     # Before the State change, so no Level update follows a state without sound.
                     self.set_level(0.0)
                 self.emit_properties_changed({"State": str(state)})

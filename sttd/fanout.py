@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 LEVEL_INTERVAL_S = 0.1
 """Level updates go out at most ten times a second."""
-LEVEL_STATES = frozenset({core.State.LISTENING, core.State.SPEAKING, core.State.PROCESSING})
 
 
 class Fanout:
@@ -64,7 +63,7 @@ class Fanout:
         now = time.monotonic()
         if self.interface is None or now - self._last_level_at < LEVEL_INTERVAL_S:
             return
-        if self._dictation.state in LEVEL_STATES:
+        if self._dictation.state in core.TURN_STATES:
             self._last_level_at = now
             self.interface.set_level(round(level, 3))
 

@@ -47,10 +47,7 @@ import re
 import sys
 from collections.abc import Callable
 
-# Re-exported for older imports (sttd.engine.supervisor); new code imports sttd.redact.
-from .redact import REDACTED as REDACTED
-from .redact import redact as redact
-from .redact import register_secret as register_secret
+from .redact import redact
 
 IDENTIFIER = "sttd"
 """``SYSLOG_IDENTIFIER`` of every record sttd sends to the journal."""

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -35,9 +35,7 @@ from .errors import ProtocolError, SessionError
 from .ledger import AudioLedger
 from .reconnect import EXCERPT_CHARS, Retry, backoff, classify
 from .redact import excerpt
-
-if TYPE_CHECKING:
-    from .vad import SpeechStarted, SpeechStopped, VoiceDetector
+from .vad import SpeechStarted, SpeechStopped, VadSettings, VoiceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -164,11 +162,8 @@ class RealtimeSession:
         if td.type != "client_vad":
             self._detector = None
         elif self._detector is None:
-            # Imported here: ONNX Runtime is loaded only by dictations that use sttd's own detection.
-            from .vad import VadSettings, VoiceDetector
-
-            vad_settings = VadSettings(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
-            self._detector = detector or VoiceDetector(vad_settings)
+            # Silero's model is loaded only here, by a session that needs sttd's own detection.
+            self._detector = detector or VoiceDetector(VadSettings.of(td))
         self._ledger.client_turns = td.type in ("client_vad", "manual")
         self._ledger.client_speech = self._detector is not None and self._detector.in_speech
 
@@ -186,8 +181,6 @@ class RealtimeSession:
 
     def _turn_decided(self, decision: SpeechStarted | SpeechStopped) -> None:
         """sttd's own voice detection heard a turn begin or end."""
-        from .vad import SpeechStarted
-
         event: p.ServerEvent
         if isinstance(decision, SpeechStarted):
             self._turns += 1

@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
 
 from . import protocol as p
 from .errors import SessionError
-
-if TYPE_CHECKING:
-    from .vad import VoiceDetector
+from .vad import VadSettings, VoiceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +42,4 @@ async def detector_for(settings: p.SessionSettings) -> VoiceDetector | None:
     """sttd's own voice detector when the session needs one, its model loaded off the event loop."""
     if settings.turn_detection.type != "client_vad":
         return None
-    from .vad import VadSettings, VoiceDetector
-
-    td = settings.turn_detection
-    vad_settings = VadSettings(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
-    return await asyncio.to_thread(VoiceDetector, vad_settings)
+    return await asyncio.to_thread(VoiceDetector, VadSettings.of(settings.turn_detection))

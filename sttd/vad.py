@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from . import protocol as p
 from .engine.resample import _PHASES, IN_RATE, TAPS_PER_PHASE, FloatArray
 from .errors import SessionError
 
@@ -79,6 +80,12 @@ class VadSettings:
     """Silence that ends speech."""
     min_speech_ms: int = 250
     """Speech shorter than this (a click, a cough) is no turn."""
+
+    @classmethod
+    def of(cls, turn_detection: p.TurnDetection) -> VadSettings:
+        """The settings ``[turn_detection]`` asks for (``min_speech_ms`` stays sttd's own)."""
+        td = turn_detection
+        return cls(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:

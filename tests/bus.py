@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -32,6 +33,18 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_until_async(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """:func:`wait_until` for asyncio tests: the loop keeps running while it polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def require(binary: str) -> str:

@@ -14,6 +14,7 @@ from sttd import protocol as p
 from sttd.credentials import ApiKey, CredentialSource
 from sttd.realtime import RealtimeSession, SessionOptions
 
+from .bus import wait_until_async
 from .realtime_server import FakeRealtimeServer
 
 RATE = p.SAMPLE_RATE
@@ -73,10 +74,7 @@ class Harness:
             await asyncio.sleep(0.04 / speed)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.02)
-        _ = what
+        await wait_until_async(predicate, timeout, what)
 
 
 def run(harness_body: Callable[[], Awaitable[None]]) -> None:

@@ -30,7 +30,7 @@ from dbus_next import Message, MessageType, Variant
 from sttd import core, dbus_service
 from sttd.bus import Bus
 
-from .bus import RawPeer, SessionBus, wait_until
+from .bus import RawPeer, SessionBus, wait_until, wait_until_async
 from .daemon import Sttd, running_sttd
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer
@@ -119,18 +119,6 @@ class ConnectionPeak:
         self._thread.join(5)
 
 
-async def _until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    """The async twin of :func:`tests.bus.wait_until`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 # ------------------------------------------------------------------ the flood
 
 
@@ -174,7 +162,9 @@ async def _flood(sttd: Sttd, bus: SessionBus) -> int:
         bus.pause()
         os.kill(pid, signal.SIGCONT)
         resumed = True
-        fullest = await _until(lambda: (q := _send_queue(pid)) >= FULL_BUFFER_BYTES and q, 20, "sttd's buffer to fill")
+        fullest = await wait_until_async(
+            lambda: (q := _send_queue(pid)) >= FULL_BUFFER_BYTES and q, 20, "sttd's buffer to fill"
+        )
         await asyncio.sleep(0.5)  # sttd keeps writing into a full buffer for a while: the moment that used to kill it
     finally:
         if not resumed:
@@ -263,7 +253,7 @@ def test_the_api_key_in_a_server_message_reaches_no_bus_client(
                                       body=[rule]))  # fmt: skip
             client.add_message_handler(lambda m: bool(m.message_type == MessageType.SIGNAL and seen.append(m)))
             assert _error(await client.call(_call("Start"))) == ""
-            errors = await _until(lambda: [m for m in seen if m.member == "Error"], 15, "the Error signal")
+            errors = await wait_until_async(lambda: [m for m in seen if m.member == "Error"], 15, "the Error signal")
             reply = await client.call(_get("LastError"))
             assert reply is not None
             return errors[0].body[1], reply.body[0].value
@@ -393,7 +383,7 @@ def test_shutting_down_answers_every_call_in_flight_and_refuses_new_ones(session
                 client = await _connect(session_bus)
                 try:
                     pending = [asyncio.ensure_future(client.call(_call("Start"))) for _ in range(20)]
-                    await _until(lambda: controller.started == 20, 10, "20 Starts in flight")
+                    await wait_until_async(lambda: controller.started == 20, 10, "20 Starts in flight")
                     stopping = asyncio.wrap_future(
                         asyncio.run_coroutine_threadsafe(interface.shutting_down(), loop.loop)
                     )

@@ -298,17 +298,20 @@ class Session:
         # A client commit's audio was not cut by the VAD: let Silero drop what is not speech
         # (silence sent after the last words, or a whole buffer of it in manual mode).
         threshold = (self.config.vad or DEFAULT_VAD).threshold if client else None
-        transcription = self.config.transcription
         reports = self.config.reports_languages
-        request = TranscriptionRequest(
+        request = self._request(audio, vad_threshold=threshold, report_language=reports)
+        self.turns.put_nowait(_Turn(item, previous, audio, request, reports, sent))
+
+    def _request(self, audio: npt.NDArray[np.float32], **extra: Any) -> TranscriptionRequest:
+        """What Whisper is asked for this session's audio: its language, prompt and keywords, plus ``extra``."""
+        transcription = self.config.transcription
+        return TranscriptionRequest(
             audio,
             language=transcription.whisper_language,
             prompt=transcription.prompt,
             hotwords=transcription.hotwords,
-            vad_threshold=threshold,
-            report_language=reports,
+            **extra,
         )
-        self.turns.put_nowait(_Turn(item, previous, audio, request, reports, sent))
 
     # -- partial text while the person speaks
 
@@ -334,14 +337,7 @@ class Session:
             drafts.task.add_done_callback(self._draft_tasks.discard)
 
     async def _run_draft(self, drafts: _Drafts, audio: FloatArray) -> None:
-        transcription = self.config.transcription
-        request = TranscriptionRequest(
-            audio,
-            language=transcription.whisper_language,
-            prompt=transcription.prompt,
-            hotwords=transcription.hotwords,
-            draft=True,
-        )
+        request = self._request(audio, draft=True)
         started = time.monotonic()
         try:
             text = "".join([piece.text async for piece in self.context.transcriber.transcribe(request)]).strip()

@@ -35,7 +35,7 @@ from types import TracebackType
 from ..config import LocalConfig
 from ..errors import SttdError
 from ..hooks import PRIVATE_ENV
-from ..logsetup import register_secret
+from ..redact import register_secret
 
 logger = logging.getLogger("sttd.engine")
 
