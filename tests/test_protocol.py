@@ -120,3 +120,23 @@ def test_client_event_ids_do_not_repeat_across_many_events() -> None:
     events = p.ClientEvents()
     ids = {events.commit()["event_id"] for _ in itertools.repeat(None, 1000)}
     assert len(ids) == 1000
+
+
+@pytest.mark.parametrize(
+    ("model", "language", "languages", "expected"),
+    [
+        ("gpt-live-transcribe", "de", ("en", "de"), {"languages": ["de"]}),  # the chosen one wins
+        ("gpt-live-transcribe", "", ("en", "de"), {"languages": ["en", "de"]}),
+        ("gpt-transcribe", "fr", (), {"languages": ["fr"]}),
+        ("gpt-4o-mini-transcribe", "", ("en", "de"), {"language": "en"}),  # one code: the first hint
+        ("gpt-4o-mini-transcribe", "de", ("en",), {"language": "de"}),
+    ],
+)
+def test_language_and_languages_never_go_out_together(
+    model: str, language: str, languages: tuple[str, ...], expected: dict[str, object]
+) -> None:
+    settings = p.SessionSettings(model=model, language=language, languages=languages)
+    event = p.ClientEvents().session_update(settings)
+    transcription = event["session"]["audio"]["input"]["transcription"]
+    assert {k: v for k, v in transcription.items() if k in ("language", "languages")} == expected
+    assert client_event_problems(event) == []
