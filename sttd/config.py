@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import os
 import stat
 import tomllib
 import typing
 import urllib.parse
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +27,8 @@ from .languages import check_language
 from .protocol import SessionSettings, TurnDetection
 from .redact import excerpt
 from .triggers import check_pattern
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime?intent=transcription"
 
@@ -103,6 +107,58 @@ class TriggersConfig:
     """"end": only when the trigger ends the utterance; "anywhere"."""
 
 
+class Table(Mapping[str, Any]):
+    """An immutable, hashable TOML table of strings (``replacements``): a frozen dataclass may hold it."""
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items = dict(items or {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return f"Table({self._items!r})"
+
+
+@dataclass(frozen=True)
+class ShapingConfig:
+    """``[shaping]``: what happens to the words before they are sent (see sttd.shaping)."""
+
+    spoken_punctuation: bool = False
+    """"comma", "period", "new line", ... (in the dictation's language) become punctuation; and capitals after."""
+    replacements: Table = Table()
+    """Words or phrases replaced by other text: whole words, case-insensitive, the longest first."""
+    filler_words: tuple[str, ...] = ()
+    """Words removed wherever they are said ("um", "uh")."""
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    """``[commands]``: voice commands; each action's spoken phrases, whole words, case-insensitive."""
+
+    send: tuple[str, ...] = ("send",)
+    """Saying one of these sends the pending text (the send hook, Return)."""
+    purge: tuple[str, ...] = ("purge",)
+    """Saying one of these drops the pending text."""
+    undo: tuple[str, ...] = ()
+    """Saying one of these takes back the last utterance."""
+    stop: tuple[str, ...] = ()
+    """Saying one of these stops dictating (what was said before it is kept)."""
+    cancel: tuple[str, ...] = ()
+    """Saying one of these stops dictating and drops what was said with it."""
+    position: Literal["end", "anywhere"] = "end"
+    """"end": a command counts only when it ends the utterance; "anywhere"."""
+
+
 @dataclass(frozen=True)
 class HooksConfig:
     """``[hooks]``: commands (argv lists, no shell) that get the text on stdin."""
@@ -150,6 +206,21 @@ class Config:
     hooks: HooksConfig = HooksConfig()
     output: OutputConfig = OutputConfig()
     local: LocalConfig = LocalConfig()
+    shaping: ShapingConfig = ShapingConfig()
+    commands: CommandsConfig = CommandsConfig()
+    profiles: Table = Table()
+    """``[profiles.NAME]``: name -> :class:`Profile` (not a section of its own: see :func:`_profiles`)."""
+
+    def profile(self, name: str) -> Profile:
+        """The profile called ``name`` ("" = the defaults). Raises :class:`ConfigError` when there is none."""
+        if not name:
+            return Profile("", self, None)
+        found = self.profiles.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise ConfigError(f"no [profiles.{excerpt(name)}] in the config (profiles: {known})")
+        assert isinstance(found, Profile)
+        return found
 
     @property
     def turn_mode(self) -> models.TurnMode:
@@ -169,6 +240,26 @@ class Config:
             keywords=rt.keywords,
             delay=rt.delay,
         )
+
+
+PROFILE_KEYS = {
+    "language": ("realtime", "language"),
+    "prompt": ("realtime", "prompt"),
+    "keywords": ("realtime", "keywords"),
+    "output": ("output", "mode"),
+}
+"""``[profiles.NAME]`` keys and the key of the main config each one sets (``commands`` and ``shaping`` are tables)."""
+PROFILE_TABLES = ("commands", "shaping")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One ``[profiles.NAME]``: the whole config as it is for a dictation with that profile."""
+
+    name: str
+    config: Config
+    language: str | None
+    """The profile's language; None: the one in use (persisted by SetLanguage)."""
 
 
 def default_path() -> Path:
@@ -225,14 +316,57 @@ def parse(text: str, source: str = "config") -> Config:
         # tomllib parses nested arrays and inline tables recursively.
         raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     try:
+        profiles = data.pop("profiles", {}) if isinstance(data, dict) else {}
         config: Config = _build(Config, data, prefix="")
         _check_values(config)
+        if profiles:
+            config = dataclasses.replace(config, profiles=Table(_profiles(data, profiles)))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except RecursionError:
         # A value nested just below tomllib's limit can still exhaust the stack when shown.
         raise ConfigError(f"{source}: a value is nested too deeply") from None
+    if "triggers" in data:
+        logger.info(
+            "%s: [triggers] still works but is replaced by [commands] (send = [\"send\"], purge = [...], "
+            "position = ...); its regular expressions are used for send and purge",
+            source,
+        )
     return config
+
+
+def _profiles(data: dict[str, Any], profiles: Any) -> dict[str, Profile]:
+    """Each ``[profiles.NAME]`` applied over the rest of the file, and checked as a whole config."""
+    if not isinstance(profiles, dict):
+        raise ConfigError("profiles: expected a table of [profiles.NAME] tables")
+    built = {}
+    for name, keys in profiles.items():
+        prefix = f"profiles.{name if name.isprintable() and len(name) <= 60 else excerpt(name)}"
+        if not isinstance(keys, dict):
+            raise ConfigError(f"{prefix}: expected a table")
+        merged = {section: dict(value) if isinstance(value, dict) else value for section, value in data.items()}
+        for key, value in keys.items():
+            if key in PROFILE_KEYS:
+                section, field_name = PROFILE_KEYS[key]
+                merged.setdefault(section, {})[field_name] = value
+            elif key in PROFILE_TABLES:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{prefix}.{key}: expected a table")
+                merged.setdefault(key, {}).update(value)
+            else:
+                raise ConfigError(f"{prefix}.{key}: unknown key (a profile takes {', '.join(_profile_keys())})")
+        try:
+            config: Config = _build(Config, merged, prefix="")
+            _check_values(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}: {exc}") from None
+        language = keys.get("language")
+        built[name] = Profile(name, config, language if isinstance(language, str) else None)
+    return built
+
+
+def _profile_keys() -> list[str]:
+    return [*PROFILE_KEYS, *PROFILE_TABLES]
 
 
 def _build(cls: type[Any], data: Any, prefix: str) -> Any:
@@ -262,6 +396,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {', '.join(repr(c) for c in choices)}, not {excerpt(value)}")
         return value
+    if kind is Table:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{key}: must be a table of strings ({{ \"from\" = \"to\" }}), not {excerpt(value)}")
+        return Table(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             what = "a list of strings (an argv list)" if key.startswith("hooks.") else "a list of strings"
@@ -310,10 +448,30 @@ def _check_values(config: Config) -> None:
             check_pattern(getattr(config.triggers, name))
         except ConfigError as exc:
             raise ConfigError(f"triggers.{name}: {exc}") from None
+    _check_commands(config)
     for name in ("transcript", "send", "purge"):
         argv = getattr(hooks, name)
         if argv and not argv[0]:
             raise ConfigError(f"hooks.{name}: the program (first element) must not be empty")
+
+
+def _check_commands(config: Config) -> None:
+    shaping, commands = config.shaping, config.commands
+    for phrase in shaping.replacements:
+        if not phrase.split():
+            raise ConfigError("shaping.replacements: a phrase to replace must not be empty")
+    for word in shaping.filler_words:
+        if not word.split():
+            raise ConfigError("shaping.filler_words: a filler word must not be empty")
+    seen: dict[str, str] = {}
+    for action in ("send", "purge", "undo", "stop", "cancel"):
+        for phrase in getattr(commands, action):
+            key = " ".join(phrase.lower().split())
+            if not key:
+                raise ConfigError(f"commands.{action}: a phrase must not be empty (leave the list empty for none)")
+            if key in seen and seen[key] != action:
+                raise ConfigError(f"commands.{action}: {excerpt(phrase)} is also a phrase of commands.{seen[key]}")
+            seen[key] = action
 
 
 def _check_url(key: str, url: str, secure: tuple[str, ...], clear: tuple[str, ...], allow_insecure: bool) -> None:

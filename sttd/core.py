@@ -9,11 +9,13 @@ calling methods and reading outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from dataclasses import dataclass, field
 
 from . import protocol as p
+from . import shaping
 from .errors import DisabledError
 from .languages import check_language
 from .triggers import compile_pattern
@@ -62,6 +64,8 @@ class TextCommitted:
 
     text: str
     item_id: str
+    separator: str = " "
+    """What goes between the text before it and this one (shaping: none before punctuation, after a break)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,8 @@ class PendingTextChanged:
 
 @dataclass(frozen=True)
 class Triggered:
-    """``name`` is ``send`` or ``purge``; ``text`` is what was sent or dropped."""
+    """``name`` is ``send`` or ``purge`` (or a voice command: ``undo``, ``stop``, ``cancel``); ``text`` is
+    what was sent or dropped (for ``undo``, the text taken back; for ``stop`` and ``cancel``, "")."""
 
     name: str
     text: str
@@ -98,6 +103,33 @@ class EnabledChanged:
     enabled: bool
 
 
+@dataclass(frozen=True)
+class ProfileChanged:
+    """A dictation with options began (or ended: ``profile`` "", ``output`` None)."""
+
+    profile: str
+    output: str | None
+    """The output mode of this dictation's text; None: ``[output] mode``."""
+
+
+@dataclass(frozen=True)
+class ActionRequested:
+    """A voice command the daemon carries out: ``stop`` or ``cancel`` (the core cannot end a session)."""
+
+    action: str
+
+
+@dataclass(frozen=True)
+class DictationOptions:
+    """What one Start may choose (StartWith): applies to that dictation only."""
+
+    profile: str = ""
+    language: str | None = None
+    """None: the language in use (persisted)."""
+    output: str | None = None
+    """None: ``[output] mode``."""
+
+
 Output = (
     StateChanged
     | TranscriptEmitted
@@ -108,6 +140,8 @@ Output = (
     | LastErrorChanged
     | LanguageChanged
     | EnabledChanged
+    | ProfileChanged
+    | ActionRequested
 )
 
 
@@ -250,6 +284,14 @@ class Triggers:
         self._patterns = [("purge", compile_pattern(purge)), ("send", compile_pattern(send))]
         self._at_end = position == "end"
 
+    @property
+    def patterns(self) -> list[tuple[str, shaping.Matcher]]:
+        return list(self._patterns)
+
+    @property
+    def at_end(self) -> bool:
+        return self._at_end
+
     def match(self, text: str) -> TriggerMatch | None:
         stripped = text.rstrip(_TRAILING)
         for name, pattern in self._patterns:
@@ -276,13 +318,22 @@ class Dictation:
     :data:`Output`; the caller drains them with :meth:`take_outputs`.
     """
 
-    def __init__(self, *, enabled: bool, language: str, triggers: Triggers) -> None:
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        language: str,
+        triggers: Triggers | None = None,
+        shaper: shaping.Shaper | None = None,
+    ) -> None:
         self._state = State.IDLE
         self._enabled = enabled
         self._language = check_language(language)
-        self._triggers = triggers
+        self._options = DictationOptions()
+        self._shaper = shaper or shaping.Shaper(language=language, commands=_commands(triggers))
         self._assembler = TranscriptAssembler()
         self._pending: list[str] = []
+        """The pending utterances, each with the separator before it (the first one's is "")."""
         self._last_error = ""
         self._stopping = False
         self._outputs: list[Output] = []
@@ -309,11 +360,26 @@ class Dictation:
 
     @property
     def language(self) -> str:
+        """The language in use: this dictation's (StartWith, a profile) or the persisted one."""
+        return self._options.language if self._options.language is not None else self._language
+
+    @property
+    def persisted_language(self) -> str:
+        """The language SetLanguage chose (what state.json keeps), whatever this dictation uses."""
         return self._language
 
     @property
+    def options(self) -> DictationOptions:
+        """The running dictation's options (the defaults when idle)."""
+        return self._options
+
+    @property
+    def profile(self) -> str:
+        return self._options.profile
+
+    @property
     def pending_text(self) -> str:
-        return " ".join(self._pending)
+        return "".join(self._pending)
 
     @property
     def last_error(self) -> str:
@@ -342,12 +408,16 @@ class Dictation:
 
     # -- commands
 
-    def start(self) -> bool:
-        """Begin a dictation; False when one is already running. Raises :class:`DisabledError`."""
+    def start(self, options: DictationOptions | None = None) -> bool:
+        """Begin a dictation with ``options``; False when one is already running (its options stay).
+
+        Raises :class:`DisabledError`.
+        """
         if not self._enabled:
             raise DisabledError("dictation is disabled (sttctl enable turns it back on)")
         if self.active:
             return False
+        self._set_options(options or DictationOptions())
         self._stopping = False
         self._set_last_error("")
         self.state = State.CONNECTING
@@ -377,6 +447,7 @@ class Dictation:
         finals = self._assembler.abandon_all()
         if not discard:
             self._release(finals)
+        self._set_options(DictationOptions())
         self._stopping = False
         if self._state is not State.ERROR:
             self.state = State.IDLE
@@ -384,14 +455,29 @@ class Dictation:
     def set_language(self, code: str) -> bool:
         """Validate and take a language; True when it changed. Raises InvalidLanguageError."""
         code = check_language(code)
-        if code == self._language:
+        if code == self._language and self._options.language in (None, code):
             return False
-        self._language = code
-        self._emit(LanguageChanged(code))
+        # Said now, it applies now: also to a dictation begun with a language of its own.
+        before, self._language = self.language, code
+        self._options = dataclasses.replace(self._options, language=None)
+        if self.language != before:
+            self._emit(LanguageChanged(self.language))
         return True
 
     def set_triggers(self, triggers: Triggers) -> None:
-        self._triggers = triggers
+        self._shaper = shaping.Shaper(language=self.language, commands=_commands(triggers))
+
+    @property
+    def shaper(self) -> shaping.Shaper:
+        return self._shaper
+
+    def set_shaper(self, shaper: shaping.Shaper) -> None:
+        """The shaping step (and voice commands) for what is transcribed from now on.
+
+        The daemon sets it whenever the config or the language in use changes,
+        and for a dictation with a profile once :meth:`start` has taken its options.
+        """
+        self._shaper = shaper
 
     def set_enabled(self, enabled: bool) -> bool:
         if enabled == self._enabled:
@@ -411,6 +497,19 @@ class Dictation:
         text = normalise(" ".join([*self._pending, extra]))
         self._clear_pending()
         self._emit(Triggered("purge", text))
+
+    def undo(self) -> str:
+        """Take back the last utterance that joined the pending text; returns it ("" when there is none).
+
+        The core's part of the ``undo`` voice command: the pending text loses
+        it and ``Triggered("undo", text)`` tells the outputs, which remove it
+        from the window where they can (see the window-output issue's Undo).
+        """
+        text = self._pending.pop().lstrip() if self._pending else ""
+        if text:
+            self._emit(PendingTextChanged(self.pending_text))
+        self._emit(Triggered("undo", text))
+        return text
 
     # -- session notifications
 
@@ -457,7 +556,8 @@ class Dictation:
                 if self._state is State.SPEAKING:
                     self.state = State.PROCESSING
             case p.TranscriptionDelta(item_id, delta):
-                self._emit(TranscriptEmitted(self._assembler.delta(item_id, delta), False, item_id))
+                partial = self._shaper.partial(self._assembler.delta(item_id, delta), before=self.pending_text)
+                self._emit(TranscriptEmitted(partial, False, item_id))
             case p.TranscriptionCompleted(item_id, transcript):
                 self._release(self._assembler.completed(item_id, transcript))
             case p.TranscriptionFailed(item_id, code, message):
@@ -479,21 +579,44 @@ class Dictation:
                 self._final(item_id, text)
 
     def _final(self, item_id: str, text: str) -> None:
-        self._emit(TranscriptEmitted(text, True, item_id))
-        match = self._triggers.match(text)
-        if match is None:
-            self._append_pending(text, item_id)
-        elif match.name == "send":
-            if match.remainder:
-                # Typed before the send, so the text lands before the Enter.
-                self._append_pending(match.remainder, item_id)
-            self.send()
+        shaped = self._shaper.final(text, before=self.pending_text)
+        if shaped.shown != text or shaped.command is not None:
+            command = shaped.command.action if shaped.command else "none"
+            logger.debug("shaped %r -> %r (command: %s)", text, shaped.text, command)
+        self._emit(TranscriptEmitted(shaped.shown, True, item_id))
+        command = shaped.command
+        if command is None:
+            self._append_pending(shaped.text, item_id, shaped.separator)
+        elif command.action == "purge":
+            self.purge(command.remainder)
+        elif command.action == "cancel":
+            # Cancelling drops what was said with it; what was pending before stays.
+            self._emit(Triggered("cancel", ""))
+            self._emit(ActionRequested("cancel"))
+        elif command.action == "undo":
+            # "... scratch that": the words said with it are what is taken back; alone, the last utterance.
+            if not shaped.text:
+                self.undo()
+            else:
+                self._emit(Triggered("undo", shaped.text))
         else:
-            self.purge(match.remainder)
+            if shaped.text:
+                # Typed before the send (or the stop), so the text lands before the Enter.
+                self._append_pending(shaped.text, item_id, shaped.separator)
+            if command.action == "send":
+                self.send()
+            else:
+                self._emit(Triggered(command.action, ""))
+                self._emit(ActionRequested(command.action))
 
-    def _append_pending(self, text: str, item_id: str) -> None:
-        self._pending.append(text)
-        self._emit(TextCommitted(text, item_id))
+    def _append_pending(self, text: str, item_id: str, separator: str = "") -> None:
+        if not text:
+            return
+        # The first utterance of a message has nothing before it in the pending text; an output that
+        # still shows earlier text (after a purge) separates it with the usual space.
+        mid_message = bool(self._pending)
+        self._pending.append(separator + text if mid_message else text)
+        self._emit(TextCommitted(text, item_id, separator if mid_message else " "))
         self._emit(PendingTextChanged(self.pending_text))
 
     def _clear_pending(self) -> None:
@@ -502,7 +625,22 @@ class Dictation:
         if had:
             self._emit(PendingTextChanged(""))
 
+    def _set_options(self, options: DictationOptions) -> None:
+        before, old = self.language, self._options
+        self._options = options
+        if (options.profile, options.output) != (old.profile, old.output):
+            self._emit(ProfileChanged(options.profile, options.output))
+        if self.language != before:
+            self._emit(LanguageChanged(self.language))
+
     def _set_last_error(self, message: str) -> None:
         if message != self._last_error:
             self._last_error = message
             self._emit(LastErrorChanged(message))
+
+
+def _commands(triggers: Triggers | None) -> shaping.Commands:
+    """The voice commands of a :class:`Triggers` (the send and purge patterns, as before ``[commands]``)."""
+    if triggers is None:
+        return shaping.NO_COMMANDS
+    return shaping.Commands(triggers.patterns, "end" if triggers.at_end else "anywhere")
