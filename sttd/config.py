@@ -135,7 +135,7 @@ class ShapingConfig:
 
     spoken_punctuation: bool = False
     """"comma", "period", "new line", ... (in the dictation's language) become punctuation; and capitals after."""
-    replacements: Table = Table()
+    replacements: Table = Table()  # noqa: RUF009 - immutable
     """Words or phrases replaced by other text: whole words, case-insensitive, the longest first."""
     filler_words: tuple[str, ...] = ()
     """Words removed wherever they are said ("um", "uh")."""
@@ -208,7 +208,7 @@ class Config:
     local: LocalConfig = LocalConfig()
     shaping: ShapingConfig = ShapingConfig()
     commands: CommandsConfig = CommandsConfig()
-    profiles: Table = Table()
+    profiles: Table = Table()  # noqa: RUF009 - immutable
     """``[profiles.NAME]``: name -> :class:`Profile` (not a section of its own: see :func:`_profiles`)."""
 
     def profile(self, name: str) -> Profile:
@@ -328,7 +328,7 @@ def parse(text: str, source: str = "config") -> Config:
         raise ConfigError(f"{source}: a value is nested too deeply") from None
     if "triggers" in data:
         logger.info(
-            "%s: [triggers] still works but is replaced by [commands] (send = [\"send\"], purge = [...], "
+            '%s: [triggers] still works but is replaced by [commands] (send = ["send"], purge = [...], '
             "position = ...); its regular expressions are used for send and purge",
             source,
         )
@@ -398,7 +398,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         return value
     if kind is Table:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ConfigError(f"{key}: must be a table of strings ({{ \"from\" = \"to\" }}), not {excerpt(value)}")
+            raise ConfigError(f'{key}: must be a table of strings ({{ "from" = "to" }}), not {excerpt(value)}')
         return Table(value)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -581,8 +581,8 @@ class Dictation:
     def _final(self, item_id: str, text: str) -> None:
         shaped = self._shaper.final(text, before=self.pending_text)
         if shaped.shown != text or shaped.command is not None:
-            command = shaped.command.action if shaped.command else "none"
-            logger.debug("shaped %r -> %r (command: %s)", text, shaped.text, command)
+            action = shaped.command.action if shaped.command else "none"
+            logger.debug("shaped %r -> %r (command: %s)", text, shaped.text, action)
         self._emit(TranscriptEmitted(shaped.shown, True, item_id))
         command = shaped.command
         if command is None:

@@ -68,6 +68,7 @@ COMMANDS = [
     ("disable", "refuse dictation until enabled (persisted)"),
     ("listen", "print transcripts as they arrive, until interrupted"),
     ("devices", "list the capture sources (* marks the default)"),
+    ("shape", "show what the shaping step makes of TEXT (each argument one utterance; reads the config, no daemon)"),
 ]
 # Commands that may start the daemon through bus activation.
 AUTOSTART = {"start", "toggle", "enable", "disable"}
@@ -132,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sttctl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {name: sub.add_parser(name, help=help_text, description=help_text) for name, help_text in COMMANDS}
+    for name in ("start", "toggle"):
+        parsers[name].add_argument("--profile", metavar="NAME", help="use [profiles.NAME] for this dictation")
+        parsers[name].add_argument("--lang", metavar="CODE", help="dictate in this language (this dictation only)")
+    parsers["shape"].add_argument("text", nargs="+", help="what the recognizer wrote (each argument one utterance)")
+    parsers["shape"].add_argument("--config", metavar="PATH", help="the config file (default: sttd's)")
+    parsers["shape"].add_argument("--profile", metavar="NAME", help="shape as [profiles.NAME] does")
+    parsers["shape"].add_argument("--lang", metavar="CODE", help="shape for this language (default: the config's)")
     parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
     parsers["lang"].add_argument("code", nargs="?", help="e.g. en, de; '' for automatic")
     parsers["listen"].add_argument("--json", action="store_true", help="one JSON object per line, every event")
@@ -150,9 +158,26 @@ async def _run(args: argparse.Namespace) -> int:
         bus.disconnect()
 
 
+def _start_options(args: argparse.Namespace) -> dict[str, Variant]:
+    """``StartWith`` options from ``--profile`` and ``--lang`` (empty: a plain Start)."""
+    values = {}
+    if getattr(args, "profile", None) is not None:
+        values["profile"] = Variant("s", args.profile)
+    if getattr(args, "lang", None) is not None:
+        values["language"] = Variant("s", args.lang)
+    return values
+
+
 async def _dispatch(client: Client, bus: MessageBus, args: argparse.Namespace) -> int:
     command = args.command
-    if command in SIMPLE_COMMANDS:
+    start_options = _start_options(args) if command in ("start", "toggle") else {}
+    if start_options:
+        active = command == "toggle" and (await client.properties())["State"] not in ("idle", "error")
+        if active:
+            await client.call("Stop")
+        else:
+            await client.call("StartWith", "a{sv}", [start_options])
+    elif command in SIMPLE_COMMANDS:
         await client.call(SIMPLE_COMMANDS[command])
     elif command in ("enable", "disable"):
         await client.set_property("Enabled", Variant("b", command == "enable"))
@@ -185,12 +210,15 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
         "engine": props.get("Engine", ""),
         "model": model,
         "price": model_info(model).price if model else "",
+        "profile": props.get("Profile", ""),
     }
     if as_json:
         print(json.dumps(status, ensure_ascii=False))
         return
     print(f"state:      {status['state']}{'' if status['enabled'] else ' (disabled)'}")
     print(f"language:   {status['language'] or 'auto'}")
+    if status["profile"]:
+        print(f"profile:    {status['profile']}")
     print(f"engine:     {status['engine'] or 'none'}")
     print(f"model:      {_model_line(model, status['price'])}")
     print(f"source:     {status['source'] or 'default'}")
@@ -336,8 +364,49 @@ def _text_printer(event: dict[str, Any]) -> None:
         print(f"[sttd {'is back' if event['running'] else 'left the bus'}]", file=sys.stderr, flush=True)
 
 
+def _shape(args: argparse.Namespace) -> int:
+    """``sttctl shape``: the daemon's shaping step, run here on the arguments, one utterance each."""
+    from pathlib import Path
+
+    from . import config, core, shaping
+    from . import protocol as p
+    from .errors import ConfigError, InvalidLanguageError
+    from .languages import check_language
+
+    try:
+        cfg = config.load(Path(args.config) if args.config else None)
+        profile = cfg.profile(args.profile or "")
+        language = args.lang if args.lang is not None else profile.language
+        if language is None:
+            language = profile.config.realtime.language
+        check_language(language)
+        shaper = shaping.shaper_for(profile.config, language)
+    except (ConfigError, InvalidLanguageError) as exc:
+        print(f"sttctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    dictation = core.Dictation(enabled=True, language=language, shaper=shaper)
+    for number, text in enumerate(args.text, 1):
+        dictation.server_event(p.TranscriptionCompleted(f"shape-{number}", text))
+    # One line per event, the text JSON-quoted: spaces and line breaks show.
+    for output in dictation.take_outputs():
+        match output:
+            case core.TextCommitted(text, _, separator):
+                print(f"text:    {_quoted(text)}" + (f" (after {_quoted(separator)})" if separator != " " else ""))
+            case core.Triggered(name, text):
+                print(f"{name + ':':8} {_quoted(text)}")
+    if dictation.pending_text:
+        print(f"pending: {_quoted(dictation.pending_text)}")
+    return EXIT_OK
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # usage errors exit 2
+    if args.command == "shape":
+        return _shape(args)
     try:
         return asyncio.run(_run(args))
     except Unreachable as exc:

@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import __version__, audio, config, core, logsetup, models
+from . import __version__, audio, config, core, logsetup, models, options, shaping
 from . import protocol as p
 from . import state as persisted
 from .credentials import CredentialSource
@@ -62,10 +62,14 @@ class Daemon:
         self._state_path = state_path
         saved = persisted.load(state_path)
         language = saved.language if saved.language is not None else cfg.realtime.language
-        self._dictation = core.Dictation(enabled=saved.enabled, language=language, triggers=_triggers(cfg))
+        self._dictation = core.Dictation(
+            enabled=saved.enabled, language=language, shaper=shaping.shaper_for(cfg, language)
+        )
+        self._dictation_config: config.Config | None = None
+        """The config of the running dictation (its profile and options applied); None: the defaults."""
         self._notifier = Notifier()
         self._hooks = HookRunner(cfg.hooks, cfg.output, on_error=self._hook_failed)
-        self._fanout = Fanout(self._dictation, self._hooks, self._notifier)
+        self._fanout = Fanout(self._dictation, self._hooks, self._notifier, on_action=self._voice_command)
         self._interface: SttdInterface | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._shutdown = asyncio.Event()
@@ -223,7 +227,7 @@ class Daemon:
             if self._interface is not None:
                 self._interface.model_changed(new.realtime.model)
         self._update_live_session(old, new)
-        self._dictation.set_triggers(_triggers(new))
+        self._refresh_shaper()
         self._engine = choose_engine(new)
         self._apply_engine(restart=restart)
         if self._interface is not None:
@@ -265,10 +269,26 @@ class Daemon:
 
     async def start(self) -> None:
         """Begin a dictation; returns once the microphone is recording (or failed to)."""
+        await self.start_with({})
+
+    async def start_with(self, values: dict[str, object]) -> None:
+        """Start with per-dictation options (checked by :func:`sttd.options.check_types`).
+
+        Raises :class:`~sttd.errors.InvalidOptionError` naming a bad option.
+        """
         if self._tasks is None or self._closing:
             raise ShuttingDownError("sttd is shutting down")
-        if not self._dictation.start():
+        resolved = options.resolve(values, self._config)
+        if self._dictation.active:
+            if values:
+                logger.info("already dictating: the options of this start do not apply")
             return
+        if not self._dictation.start(resolved.options):
+            return
+        self._dictation_config = resolved.config if values else None
+        if resolved.options.profile:
+            logger.info("dictating with profile %s", resolved.options.profile)
+        self._refresh_shaper()
         self._discarding = False
         self._publish()
         recording: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -306,9 +326,10 @@ class Daemon:
         """Take a language now; raises :class:`StateNotSavedError` (the change stays in effect) if not persisted."""
         if not self._dictation.set_language(code):
             return
+        self._refresh_shaper()
         self._publish()
         if self._session is not None and self._tasks is not None:
-            settings = self._config.session_settings(self._dictation.language)
+            settings = self._active_config.session_settings(self._dictation.language)
             self._tasks.create_task(self._session.update(settings), name="session-update")
         self._save_state()
 
@@ -361,7 +382,7 @@ class Daemon:
         Cancelling is safe at any point: the dictation is closed all the same
         (by :meth:`_dictation_ended` when it is cancelled before its first step).
         """
-        cfg = self._config
+        cfg = self._active_config
         failure: tuple[str, str] | None = None
         try:
             await self._open_microphone(run.recording)
@@ -440,6 +461,8 @@ class Daemon:
         if failure is not None:
             self._fail(*failure)
         self._dictation.finished(discard=self._discarding)
+        self._dictation_config = None
+        self._refresh_shaper()
         self._discarding = False
         self._source_changed()
         self._publish()
@@ -465,11 +488,32 @@ class Daemon:
     def _publish(self) -> None:
         self._fanout.publish()
 
+    @property
+    def _active_config(self) -> config.Config:
+        """The config the running dictation uses (its profile's), else the main one."""
+        return self._dictation_config or self._config
+
+    @property
+    def profile(self) -> str:
+        """The profile of the running dictation ("" for the defaults)."""
+        return self._dictation.profile
+
+    def _refresh_shaper(self) -> None:
+        """The shaping step follows the config and the language in use."""
+        self._dictation.set_shaper(shaping.shaper_for(self._active_config, self._dictation.language))
+
+    def _voice_command(self, action: str) -> None:
+        """A voice command only the daemon can carry out; run after the outputs being published."""
+        handlers = {"stop": self.stop, "cancel": self.cancel}
+        handler = handlers.get(action)
+        if handler is not None:
+            asyncio.get_running_loop().call_soon(handler)
+
     def _hook_failed(self, code: str, message: str) -> None:
         self._fanout.problem(code, message)
 
     def _save_state(self) -> None:
-        saved = persisted.PersistedState(enabled=self._dictation.enabled, language=self._dictation.language)
+        saved = persisted.PersistedState(enabled=self._dictation.enabled, language=self._dictation.persisted_language)
         try:
             persisted.save(self._state_path, saved)
         except StateNotSavedError as exc:
@@ -485,7 +529,3 @@ class _DictationRun:
         """Resolved once the microphone records (or failed to): Start replies then."""
         self.closing = False
         """The task's own cleanup has begun; else the done callback closes the dictation."""
-
-
-def _triggers(cfg: config.Config) -> core.Triggers:
-    return core.Triggers(cfg.triggers.send, cfg.triggers.purge, cfg.triggers.position)

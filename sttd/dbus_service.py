@@ -94,6 +94,15 @@ class Controller(Protocol):
 
     async def start(self) -> None: ...
 
+    async def start_with(self, values: dict[str, Any]) -> None:
+        """Start with options already type-checked by :func:`sttd.options.check_types`."""
+        ...
+
+    @property
+    def profile(self) -> str:
+        """The profile of the running dictation ("" for the defaults)."""
+        ...
+
     def stop(self) -> None: ...
 
     def cancel(self) -> None: ...
@@ -303,6 +312,17 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         await self._serving()
         await self._controller.start()
 
+    # StartWith, not Start(a{sv}): a method's signature is part of its identity on D-Bus, so
+    # changing Start's would break every client (hotkeys, widgets) that calls it without arguments.
+    @method()
+    @_dbus_errors
+    async def StartWith(self, options: "a{sv}") -> None:  # noqa: F722 - a D-Bus signature
+        from .options import check_types  # not at import: sttctl imports this module and needs no config
+
+        values = check_types({name: (v.signature, v.value) for name, v in options.items()})
+        await self._serving()
+        await self._controller.start_with(values)
+
     @method()
     @_dbus_errors
     async def Stop(self) -> None:
@@ -391,6 +411,11 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
+    def Profile(self) -> "s":
+        return self._controller.profile
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def LastError(self) -> "s":
         return outward(self._dictation.last_error)
 
@@ -437,6 +462,8 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
                 self.emit_properties_changed({"Language": language})
             case core.EnabledChanged(enabled):
                 self.emit_properties_changed({"Enabled": enabled})
+            case core.ProfileChanged(profile):
+                self.emit_properties_changed({"Profile": profile})
 
     def set_level(self, level: float) -> None:
         """The daemon rate-limits this to at most 10 updates a second while listening."""

@@ -117,3 +117,9 @@ class ShuttingDownError(SttdError):
     """sttd is stopping (SIGTERM): it takes no new dictation."""
 
     dbus_name = "ShuttingDown"
+
+
+class InvalidOptionError(SttdError):
+    """A StartWith option that is unknown, of the wrong type or of a value sttd cannot use; the message names it."""
+
+    dbus_name = "InvalidOption"

@@ -9,6 +9,7 @@ outputs still reach hooks and systemd).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import core
@@ -25,8 +26,17 @@ LEVEL_INTERVAL_S = 0.1
 class Fanout:
     """Publishes one :class:`~sttd.core.Dictation`'s outputs."""
 
-    def __init__(self, dictation: core.Dictation, hooks: HookRunner, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        dictation: core.Dictation,
+        hooks: HookRunner,
+        notifier: Notifier,
+        on_action: Callable[[str], None] | None = None,
+    ) -> None:
         self.interface: SttdInterface | None = None
+        self._on_action = on_action
+        self._output: str | None = None
+        """The output mode of the dictation whose outputs are being published (None: ``[output] mode``)."""
         self._dictation = dictation
         self._hooks = hooks
         self._notifier = notifier
@@ -44,12 +54,20 @@ class Fanout:
                     self._notifier.status(self.status_line())
                 case core.TranscriptEmitted(final=True, item_id=item_id):
                     said_in = item_id
-                case core.TextCommitted(text, item_id):
-                    self._hooks.submit("transcript", text, language=language, item_id=item_id)
+                case core.TextCommitted(text, item_id, separator):
+                    self._hooks.submit(
+                        "transcript", text, language=language, item_id=item_id, output=self._output, separator=separator
+                    )
                 case core.Triggered(name="send", text=text):
-                    self._hooks.submit("send", text, language=language, item_id=said_in)
+                    self._hooks.submit("send", text, language=language, item_id=said_in, output=self._output)
                 case core.Triggered(name="purge", text=text):
-                    self._hooks.submit("purge", text, language=language, item_id=said_in)
+                    self._hooks.submit("purge", text, language=language, item_id=said_in, output=self._output)
+                case core.ProfileChanged(output=mode):
+                    # In the order of the outputs: the last words of a dictation still go where it sent its text.
+                    self._output = mode
+                case core.ActionRequested(action):
+                    if self._on_action is not None:
+                        self._on_action(action)
 
     def problem(self, code: str, message: str) -> None:
         """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""

@@ -89,6 +89,9 @@ class _Job:
     text: str
     language: str
     item_id: str
+    output: str | None = None
+    """This event's output mode (a dictation's StartWith/profile); None: ``[output] mode``."""
+    separator: str = " "
 
 
 class HookRunner:
@@ -100,6 +103,8 @@ class HookRunner:
         self._on_error = on_error
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_SIZE)
         self._retired: list[TextOutput] = []
+        self._others: dict[str, TextOutput] = {}
+        """Outputs of dictations that chose another mode (StartWith ``output``, a profile)."""
         """Outputs replaced by a reload that still have temporary changes to undo."""
         self._problems: dict[str, str] = {}
         """The last failure reported per source (``output``, ``send hook``, ...); not repeated until it works."""
@@ -109,12 +114,25 @@ class HookRunner:
 
     # -- the daemon's side
 
-    def submit(self, event: Event, text: str, *, language: str, item_id: str = "") -> None:
-        """Queue an event; never blocks. When the queue is full the event is dropped and logged."""
-        if not self._wanted(event):
+    def submit(
+        self,
+        event: Event,
+        text: str,
+        *,
+        language: str,
+        item_id: str = "",
+        output: str | None = None,
+        separator: str = " ",
+    ) -> None:
+        """Queue an event; never blocks. When the queue is full the event is dropped and logged.
+
+        ``output`` names another output mode for this event (a dictation's own);
+        ``separator`` is what goes before the text when it follows earlier text.
+        """
+        if not self._wanted(event, output):
             return
         try:
-            self._queue.put_nowait(_Job(event, text, language, item_id))
+            self._queue.put_nowait(_Job(event, text, language, item_id, output, separator))
         except asyncio.QueueFull:
             logger.warning(
                 "hooks: %d events are already waiting (a hook or output is too slow); dropped a %s event",
@@ -180,8 +198,16 @@ class HookRunner:
 
     # -- the worker's side
 
-    def _wanted(self, event: Event) -> bool:
-        return self._output.mode != "none" or bool(getattr(self._hooks, event))
+    def _wanted(self, event: Event, output: str | None = None) -> bool:
+        return (output or self._output.mode) != "none" or bool(getattr(self._hooks, event))
+
+    def _output_for(self, mode: str | None) -> TextOutput:
+        """The output of an event: the configured one, or one kept per mode for dictations that chose another."""
+        if mode is None or mode == self._output.mode:
+            return self._output
+        if mode not in self._others:
+            self._others[mode] = TextOutput(mode)  # type: ignore[arg-type]  # checked by sttd.options
+        return self._others[mode]
 
     def _log_output(self) -> None:
         if self._output.mode == "none":
@@ -197,7 +223,7 @@ class HookRunner:
         self._env = env
         text = redact(job.text)
         try:
-            if await self._output.deliver(job.event, text, self._output_command):
+            if await self._output_for(job.output).deliver(job.event, text, self._output_command, job.separator):
                 self._problems.pop("output", None)
         except OutputError as exc:
             self._failed("output", "output", str(exc))

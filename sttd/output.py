@@ -287,6 +287,8 @@ class TextOutput:
         """Text was typed or printed since the last Return: the next utterance needs a separating space."""
         self._copied = ""
         """The text accumulated on the clipboard since the last send or purge."""
+        self._separator = " "
+        """What goes before the text being delivered when it follows earlier text (shaping decides)."""
 
     @property
     def environ(self) -> Mapping[str, str]:
@@ -307,8 +309,12 @@ class TextOutput:
             return "printing to standard output"
         return "no built-in output"
 
-    async def deliver(self, event: Event, text: str, run: Runner) -> bool:
-        """Do what the mode does for ``event``; False when a command failed. Raises :class:`OutputError`."""
+    async def deliver(self, event: Event, text: str, run: Runner, separator: str = " ") -> bool:
+        """Do what the mode does for ``event``; False when a command failed. Raises :class:`OutputError`.
+
+        ``separator`` goes before a transcript's text when it follows earlier text.
+        """
+        self._separator = separator
         if self.mode == "type":
             return await self._type(event, text, run)
         if self.mode == "clipboard":
@@ -328,7 +334,7 @@ class TextOutput:
         return self._typers[kind]
 
     def _separated(self, text: str) -> str:
-        separated = f" {text}" if self._mid_message else text
+        separated = f"{self._separator}{text}" if self._mid_message else text
         self._mid_message = True
         return separated
 
@@ -353,7 +359,7 @@ class TextOutput:
     async def _clipboard(self, event: Event, text: str, run: Runner) -> bool:
         if event == "transcript" and text:
             copier = find_copier(self.environ, self._which)
-            self._copied = f"{self._copied} {text}" if self._copied else text
+            self._copied = f"{self._copied}{self._separator}{text}" if self._copied else text
             return await run(copier, self._copied) is not None
         copied, self._copied = self._copied, ""
         if event == "send" and text and text != copied:

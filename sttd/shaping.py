@@ -66,6 +66,8 @@ class Kind(enum.Enum):
 
 
 _C, _O, _B, _J = Kind.CLOSE, Kind.OPEN, Kind.BREAK, Kind.JOIN
+_NO_SPACE_BEFORE = (_C, _B, _J)
+_NO_SPACE_AFTER = (_O, _B, _J)
 
 PUNCTUATION: dict[str, dict[str, tuple[str, Kind]]] = {
     "en": {
@@ -130,7 +132,7 @@ PUNCTUATION: dict[str, dict[str, tuple[str, Kind]]] = {
         "trait d'union": ("-", _J),
     },
 }
-"""Spoken punctuation per language (lower case; an apostrophe matches ' and ’)."""
+"""Spoken punctuation per language (lower case; an apostrophe matches ' and the typographic one)."""
 
 
 def punctuation_for(language: str) -> dict[str, tuple[str, Kind]]:
@@ -143,10 +145,10 @@ def punctuation_for(language: str) -> dict[str, tuple[str, Kind]]:
 
 def phrase_key(phrase: str) -> str:
     """How phrases are compared: lower case, whitespace normalised, one kind of apostrophe."""
-    return " ".join(phrase.replace("’", "'").lower().split())
+    return " ".join(phrase.replace("\u2019", "'").lower().split())
 
 
-_EDGE = r"\w'’-"
+_EDGE = "\\w'\u2019-"
 
 
 def phrase_regex(phrases: Iterable[str]) -> re.Pattern[str] | None:
@@ -154,7 +156,7 @@ def phrase_regex(phrases: Iterable[str]) -> re.Pattern[str] | None:
     keys = sorted({key for key in map(phrase_key, phrases) if key}, key=lambda k: (-len(k), k))
     if not keys:
         return None
-    words = [r"\s+".join(re.escape(word).replace("'", "['’]") for word in key.split()) for key in keys]
+    words = [r"\s+".join(re.escape(word).replace("'", "['\u2019]") for word in key.split()) for key in keys]
     return re.compile(rf"(?<![{_EDGE}])(?:{'|'.join(words)})(?![{_EDGE}])", re.IGNORECASE)
 
 
@@ -318,10 +320,14 @@ class Shaper:
             pieces.append((None, tail))
         out = ""
         previous: Kind | None = None
-        for kind, piece in pieces:
-            attached = kind in (Kind.CLOSE, Kind.BREAK, Kind.JOIN) or previous in (Kind.OPEN, Kind.BREAK, Kind.JOIN)
+        for piece_kind, piece in pieces:
+            attached = piece_kind in (Kind.CLOSE, Kind.BREAK, Kind.JOIN) or previous in (
+                Kind.OPEN,
+                Kind.BREAK,
+                Kind.JOIN,
+            )
             out += piece if not out or attached else " " + piece
-            previous = kind
+            previous = piece_kind
         return out
 
 
