@@ -4,7 +4,7 @@
 # ~/.local/share/bash-completion/completions/sttctl (loaded on demand by
 # bash-completion), or source it from ~/.bashrc.
 
-_sttctl_commands="start stop toggle cancel send purge status lang enable disable listen devices"
+_sttctl_commands="start stop toggle cancel send purge status lang enable disable listen devices shape"
 
 # ISO-639-1 codes, the languages `sttctl lang` accepts ('' means automatic).
 _sttctl_languages="
@@ -19,6 +19,7 @@ _sttctl_languages="
 
 _sttctl() {
     local cur=${COMP_WORDS[COMP_CWORD]}
+    local prev=${COMP_WORDS[COMP_CWORD - 1]}
     local command="" word i args=0 json=0
     for ((i = 1; i < COMP_CWORD; i++)); do
         word=${COMP_WORDS[i]}
@@ -32,6 +33,17 @@ _sttctl() {
     done
 
     local words=""
+    if [[ -n $command && $prev == --lang ]]; then
+        words="$_sttctl_languages"
+    elif [[ -n $command && $prev == --config ]]; then
+        COMPREPLY=()
+        local IFS=$'\n'
+        # shellcheck disable=SC2207  # one file name per line
+        COMPREPLY=($(compgen -f -- "$cur"))
+        return
+    elif [[ -n $command && $prev == --profile ]]; then
+        words=""
+    else
     case $command in
         "")
             words="$_sttctl_commands"
@@ -42,9 +54,14 @@ _sttctl() {
         lang)
             ((args)) || words="$_sttctl_languages"
             [[ $cur == -* ]] && words="--help" ;;
+        start | toggle)
+            [[ $cur == -* ]] && words="--profile --lang --help" ;;
+        shape)
+            [[ $cur == -* ]] && words="--config --profile --lang --help" ;;
         *)
             [[ $cur == -* ]] && words="--help" ;;
     esac
+    fi
     COMPREPLY=()
     local IFS=$'\n'
     # shellcheck disable=SC2207  # one candidate per line; none contains a newline

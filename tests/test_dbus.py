@@ -419,12 +419,23 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".Level",
         ".Engine",
         ".Model",
+        ".Profile",
     }
     for name, line in properties.items():
         assert "emits-change" in line, line
         assert ("writable" in line) == (name == ".Enabled"), line
     methods = {line.split()[0] for line in table.splitlines() if " method " in line}
-    assert methods == {".Start", ".Stop", ".Cancel", ".Toggle", ".SetLanguage", ".Send", ".Purge", ".ListSources"}
+    assert methods == {
+        ".Start",
+        ".StartWith",
+        ".Stop",
+        ".Cancel",
+        ".Toggle",
+        ".SetLanguage",
+        ".Send",
+        ".Purge",
+        ".ListSources",
+    }
     signals = {line.split()[0] for line in table.splitlines() if " signal " in line}
     assert signals == {".Transcript", ".Triggered", ".Error"}
 
@@ -1058,6 +1069,10 @@ def test_bash_completion_offers_subcommands_options_and_languages() -> None:
     assert sorted(_complete("sttctl lang ")) == sorted(ISO_639_1)
     assert _complete("sttctl lang de ") == []
     assert _complete("sttctl nonsense ") == []
+    assert _complete("sttctl start -") == ["--profile", "--lang", "--help"]
+    assert _complete("sttctl toggle --profile email --lang d") == ["da", "de", "dv", "dz"]
+    assert _complete("sttctl start --profile ") == []  # a name from the config: nothing to guess
+    assert _complete("sttctl shape --") == ["--config", "--profile", "--lang", "--help"]
 
 
 def _waybar_adapter(tmp_path: Path) -> Path:

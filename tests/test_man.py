@@ -144,6 +144,8 @@ def test_every_page_has_the_usual_sections(page: str) -> None:
 
 def config_sections() -> Iterator[tuple[str, type[Any]]]:
     for name, kind in typing.get_type_hints(config.Config).items():
+        if name == "profiles":
+            continue  # [profiles.NAME]: see test_every_profile_key_is_documented
         assert isinstance(kind, type) and dataclasses.is_dataclass(kind), f"Config.{name} is not a section"
         yield name, kind
 
@@ -163,13 +165,15 @@ def toml_values(value: object) -> list[str]:
         return [repr(value), str(int(value))] if value.is_integer() else [repr(value)]
     if isinstance(value, tuple):
         return [json.dumps(list(value))]
+    if isinstance(value, config.Table) and not value:
+        return ["{}"]
     raise AssertionError(f"no TOML spelling for {value!r}")
 
 
 def test_every_config_key_is_documented_in_its_section_with_its_default() -> None:
     man = Page("sttd.toml.5")
     description = man.section("DESCRIPTION")
-    assert man.titles(description) == [f"[{name}]" for name, _ in config_sections()], (
+    assert man.titles(description) == [*(f"[{name}]" for name, _ in config_sections()), "[profiles.NAME]"], (
         "the [section] subsections differ from sttd.config.Config (or are in another order)"
     )
     for name, kind in config_sections():
@@ -182,6 +186,12 @@ def test_every_config_key_is_documented_in_its_section_with_its_default() -> Non
                 f"[{name}] {key}: the page says {tag!r}, the default is {field.default!r}"
             )
             assert description_text, f"[{name}] {key} has no description"
+
+
+def test_every_profile_key_is_documented() -> None:
+    man = Page("sttd.toml.5")
+    documented = items(man.section("[profiles.NAME]", man.section("DESCRIPTION")))
+    assert list(documented) == [*config.PROFILE_KEYS, *config.PROFILE_TABLES]
 
 
 def test_every_choice_of_a_config_key_is_documented() -> None:
