@@ -98,11 +98,6 @@ class Controller(Protocol):
         """Start with options already type-checked by :func:`sttd.options.check_types`."""
         ...
 
-    @property
-    def profile(self) -> str:
-        """The profile of the running dictation ("" for the defaults)."""
-        ...
-
     def stop(self) -> None: ...
 
     def cancel(self) -> None: ...
@@ -412,7 +407,7 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
     def Profile(self) -> "s":
-        return self._controller.profile
+        return self._dictation.profile
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors

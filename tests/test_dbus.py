@@ -465,6 +465,7 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
         "Level": 0.0,
         "Engine": "openai",  # an API key is configured
         "Model": "gpt-live-transcribe",  # the default
+        "Profile": "",
     }
     assert dict(zip(expected, clients.busctl_get(*expected), strict=True)) == expected
 
@@ -814,6 +815,7 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
             "engine": "openai",
             "model": "gpt-live-transcribe",
             "price": "$0.017 per minute",
+            "profile": "",
         }
         text = sttd.ctl("status")
         assert text.returncode == 0 and "state:      idle" in text.stdout
