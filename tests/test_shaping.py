@@ -81,7 +81,7 @@ def test_german_spoken_punctuation(utterances: list[str], expected: str) -> None
 
 FRENCH = [
     (["bonjour virgule ça va point d'interrogation"], "Bonjour, ça va?"),
-    (["bonjour virgule ça va point d’interrogation"], "Bonjour, ça va?"),  # a typographic apostrophe
+    (["bonjour virgule ça va point d\u2019interrogation"], "Bonjour, ça va?"),  # a typographic apostrophe
     (["oui point nouvelle ligne merci point d'exclamation"], "Oui.\nMerci!"),
     (["note deux points rien point virgule fin"], "Note: rien; fin"),
     (["il dit ouvrez les guillemets salut fermez les guillemets"], "Il dit «salut»"),
