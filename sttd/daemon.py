@@ -171,6 +171,8 @@ class Daemon:
 
     def _update_live_session(self, old: config.Config, new: config.Config) -> None:
         """Model, prompt, turn detection and noise reduction reach a running dictation at once."""
+        if self._dictation_config is not None:
+            return  # a dictation with a profile or options keeps its settings until it ends
         language = self._dictation.language
         settings = new.session_settings(language)
         if self._session is not None and self._tasks is not None and settings != old.session_settings(language):
