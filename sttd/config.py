@@ -129,6 +129,10 @@ class Table(Mapping[str, Any]):
         return f"Table({self._items!r})"
 
 
+class ArgvTable(Table):
+    """A TOML table of argv lists (``[commands] hooks``)."""
+
+
 @dataclass(frozen=True)
 class ShapingConfig:
     """``[shaping]``: what happens to the words before they are sent (see sttd.shaping)."""
@@ -157,6 +161,8 @@ class CommandsConfig:
     """Saying one of these stops dictating and drops what was said with it."""
     position: Literal["end", "anywhere"] = "end"
     """"end": a command counts only when it ends the utterance; "anywhere"."""
+    hooks: ArgvTable = ArgvTable()  # noqa: RUF009 - immutable
+    """Phrases that run a command (an argv list, like [hooks]) with the pending text."""
 
 
 @dataclass(frozen=True)
@@ -396,6 +402,13 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {', '.join(repr(c) for c in choices)}, not {excerpt(value)}")
         return value
+    if kind is ArgvTable:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{key}: must be a table of argv lists ({{ "phrase" = ["program"] }})')
+        for phrase, argv in value.items():
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
+                raise ConfigError(f"{key}: {excerpt(phrase)} must be an argv list with a program, not {excerpt(argv)}")
+        return ArgvTable({phrase: tuple(argv) for phrase, argv in value.items()})
     if kind is Table:
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ConfigError(f'{key}: must be a table of strings ({{ "from" = "to" }}), not {excerpt(value)}')
@@ -472,6 +485,13 @@ def _check_commands(config: Config) -> None:
             if key in seen and seen[key] != action:
                 raise ConfigError(f"commands.{action}: {excerpt(phrase)} is also a phrase of commands.{seen[key]}")
             seen[key] = action
+    for phrase in commands.hooks:
+        key = " ".join(phrase.lower().split())
+        if not key:
+            raise ConfigError("commands.hooks: a phrase must not be empty")
+        if key in seen:
+            raise ConfigError(f"commands.hooks: {excerpt(phrase)} is also a phrase of commands.{seen[key]}")
+        seen[key] = "hooks"
 
 
 def _check_url(key: str, url: str, secure: tuple[str, ...], clear: tuple[str, ...], allow_insecure: bool) -> None:

@@ -114,9 +114,11 @@ class ProfileChanged:
 
 @dataclass(frozen=True)
 class ActionRequested:
-    """A voice command the daemon carries out: ``stop`` or ``cancel`` (the core cannot end a session)."""
+    """A voice command the daemon carries out: ``stop``, ``cancel`` (the core cannot end a session),
+    or the phrase of a command hook (``[commands] hooks``), to be run with ``text``."""
 
     action: str
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -605,9 +607,12 @@ class Dictation:
                 self._append_pending(shaped.text, item_id, shaped.separator)
             if command.action == "send":
                 self.send()
-            else:
-                self._emit(Triggered(command.action, ""))
-                self._emit(ActionRequested(command.action))
+            elif command.action == "stop":
+                self._emit(Triggered("stop", ""))
+                self._emit(ActionRequested("stop"))
+            else:  # a command hook: it gets the pending text, which stays pending
+                self._emit(Triggered(command.action, self.pending_text))
+                self._emit(ActionRequested(command.action, self.pending_text))
 
     def _append_pending(self, text: str, item_id: str, separator: str = "") -> None:
         if not text:

@@ -504,12 +504,17 @@ class Daemon:
         """The shaping step follows the config and the language in use."""
         self._dictation.set_shaper(shaping.shaper_for(self._active_config, self._dictation.language))
 
-    def _voice_command(self, action: str) -> None:
-        """A voice command only the daemon can carry out; run after the outputs being published."""
+    def _voice_command(self, action: str, text: str) -> None:
+        """A voice command only the daemon can carry out (stop, cancel: after the outputs being published),
+        or a command hook, queued behind the hooks of what was said before it."""
         handlers = {"stop": self.stop, "cancel": self.cancel}
         handler = handlers.get(action)
         if handler is not None:
             asyncio.get_running_loop().call_soon(handler)
+            return
+        hooks = {shaping.phrase_key(phrase): argv for phrase, argv in self._active_config.commands.hooks.items()}
+        if action in hooks:
+            self._hooks.submit_command(action, hooks[action], text, language=self._dictation.language)
 
     def _hook_failed(self, code: str, message: str) -> None:
         self._fanout.problem(code, message)

@@ -31,7 +31,7 @@ class Fanout:
         dictation: core.Dictation,
         hooks: HookRunner,
         notifier: Notifier,
-        on_action: Callable[[str], None] | None = None,
+        on_action: Callable[[str, str], None] | None = None,
     ) -> None:
         self.interface: SttdInterface | None = None
         self._on_action = on_action
@@ -65,9 +65,9 @@ class Fanout:
                 case core.ProfileChanged(output=mode):
                     # In the order of the outputs: the last words of a dictation still go where it sent its text.
                     self._output = mode
-                case core.ActionRequested(action):
+                case core.ActionRequested(action, text):
                     if self._on_action is not None:
-                        self._on_action(action)
+                        self._on_action(action, text)
 
     def problem(self, code: str, message: str) -> None:
         """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""

@@ -92,6 +92,8 @@ class _Job:
     output: str | None = None
     """This event's output mode (a dictation's StartWith/profile); None: ``[output] mode``."""
     separator: str = " "
+    command: tuple[str, tuple[str, ...]] | None = None
+    """A command hook (``[commands] hooks``): its phrase and argv; the output does nothing for it."""
 
 
 class HookRunner:
@@ -139,6 +141,14 @@ class HookRunner:
                 self._queue.qsize(),
                 event,
             )
+
+    def submit_command(self, phrase: str, argv: tuple[str, ...], text: str, *, language: str) -> None:
+        """Queue a command hook (``[commands] hooks``), after what was submitted before it; never blocks."""
+        job = _Job("send", text, language, "", command=(phrase, argv))
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            logger.warning("hooks: %d events are already waiting; dropped a command hook", self._queue.qsize())
 
     def reconfigure(self, hooks: HooksConfig, output: OutputConfig) -> None:
         """Take a new configuration (SIGHUP); it applies from the next event the worker takes."""
@@ -218,6 +228,12 @@ class HookRunner:
             logger.warning("%s", exc)
 
     async def _handle(self, job: _Job) -> None:
+        if job.command is not None:
+            phrase, argv = job.command
+            env = {"STTD_EVENT": "command", "STTD_COMMAND": phrase, "STTD_LANGUAGE": job.language, "STTD_ITEM_ID": ""}
+            self._env = env
+            await self._command(f"command hook {excerpt(phrase)}", "hook", argv, redact(job.text), env)
+            return
         env = {"STTD_EVENT": job.event, "STTD_LANGUAGE": job.language, "STTD_ITEM_ID": job.item_id}
         logger.debug("hooks: %s event %s (item %s)", job.event, excerpt(job.text), excerpt(job.item_id or "-"))
         self._env = env

@@ -185,7 +185,7 @@ class Phrases:
 @dataclass(frozen=True)
 class CommandMatch:
     action: str
-    """``send``, ``purge``, ``undo``, ``stop``, ``cancel``, or the phrase of a command hook."""
+    """``send``, ``purge``, ``undo``, ``stop``, ``cancel``, or the phrase of a command hook (lower case)."""
     said: str
     """The words that fired it, as the recognizer wrote them."""
     remainder: str
@@ -385,6 +385,8 @@ def shaper_for(cfg: Config, language: str) -> Shaper:
     commands, legacy, default = cfg.commands, cfg.triggers, TriggersConfig()
     table: list[tuple[str, Matcher]] = []
     for action in ACTIONS:
+        if action == "send":  # command hooks before send: it is looked for last
+            table += [(phrase_key(phrase), Phrases([phrase])) for phrase in commands.hooks]
         pattern = getattr(legacy, action, None)
         if pattern is not None and pattern != getattr(default, action):
             table.append((action, compile_pattern(pattern)))

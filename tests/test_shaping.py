@@ -134,6 +134,7 @@ spoken_punctuation = true
 undo = ["scratch that"]
 stop = ["stop dictation"]
 cancel = ["never mind"]
+hooks = { "Lights Off" = ["lightctl", "off"] }
 """
 
 COMMAND_CASES = [
@@ -147,6 +148,8 @@ COMMAND_CASES = [
     (["hello", "oops scratch that"], "Hello", [("undo", "oops")]),
     (["that is all period stop dictation"], "That is all.", [("stop", "")]),
     (["hello", "forget this never mind"], "Hello", [("cancel", "")]),
+    (["hello", "and lights off"], "Hello and", [("lights off", "Hello and")]),
+    (["the lights off switch"], "The lights off switch", []),
 ]
 
 
@@ -207,6 +210,8 @@ def test_shaping_is_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> No
         ("[commands]\nposition = 'middle'", "commands.position"),
         ("[shaping]\nreplacements = { a = 1 }", "shaping.replacements"),
         ("[shaping]\nfiller_words = ['']", "shaping.filler_words"),
+        ("[commands]\nhooks = { x = [] }", "commands.hooks"),
+        ("[commands]\nhooks = { send = ['x'] }", "commands.hooks"),
         ("[profiles.email]\nlanguage = 'deutsch'", "profiles.email: realtime.language"),
         ("[profiles.email]\noutput = 'fax'", "profiles.email: output.mode"),
         ("[profiles.email]\ncolour = 'blue'", "profiles.email.colour"),

@@ -31,7 +31,10 @@ def test_spoken_punctuation_and_send_through_the_daemon(
     tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> None:
     rec = Recorder(tmp_path / "rec")
-    extra = "[shaping]\nspoken_punctuation = true\n" + hooks_toml(rec)
+    extra = (
+        "[shaping]\nspoken_punctuation = true\n"
+        f"[commands]\nhooks = {{ 'lights off' = {rec.toml('lights')} }}\n" + hooks_toml(rec)
+    )
     with running_sttd(tmp_path, session_bus, pulse_server, realtime_server, extra) as sttd:
         listener = Listener(sttd)
         try:
@@ -54,12 +57,18 @@ def test_spoken_punctuation_and_send_through_the_daemon(
             assert final["text"] == "I will send you the file"
             wait_until(lambda: sttd.status()["transcript"] == "I will send you the file", 10, "the pending text")
             assert [r["event"] for r in rec.wait(3)] == ["transcript", "send", "transcript"]
+
+            # A command hook gets the pending text, which stays pending.
+            realtime_server.force_turn("Lights off.")
+            hook = rec.wait(4)[3]
+            assert (hook["event"], hook["stdin"], hook["argv"]) == ("command", "I will send you the file", ["lights"])
+            assert sttd.status()["transcript"] == "I will send you the file"
             assert sttd.ctl("stop").returncode == 0
             sttd.wait_state("idle")
         finally:
             listener.close()
         listener.drain()
-        assert [e["name"] for e in listener.seen if e["type"] == "triggered"] == ["send"]
+        assert [e["name"] for e in listener.seen if e["type"] == "triggered"] == ["send", "lights off"]
         # What the shaping step did is in the log, at DEBUG only.
         shaped = [line for line in sttd.log.splitlines() if "shaped" in line and "Hello, world." in line]
         assert shaped and all(" DEBUG " in line for line in shaped)
