@@ -276,6 +276,8 @@ class Shaper:
         """The space between ``before`` and ``text``: none at the start, before punctuation, after a break."""
         if not before or not text or self.language in NO_SPACE_LANGUAGES:
             return ""
+        if _unspaced(before[-1]) and _unspaced(text[0]):
+            return ""  # automatic language, and both sides are in a script written without spaces
         if text[0] in ",.;:!?…)»\n" or before[-1] in "\n(«„" or before[-1].isspace():
             return ""
         return " "
@@ -329,6 +331,25 @@ class Shaper:
             out += piece if not out or attached else " " + piece
             previous = piece_kind
         return out
+
+
+_UNSPACED = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x0F00, 0x0FFF),  # Tibetan
+    (0x3000, 0x30FF),  # CJK punctuation, Hiragana, Katakana
+    (0x3400, 0x4DBF),  # CJK Extension A
+    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
+    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
+    (0xFF00, 0xFFEF),  # full-width forms
+)
+
+
+def _unspaced(char: str) -> bool:
+    """A character of a script written without spaces between words."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in _UNSPACED)
 
 
 def _filler_regex(fillers: Iterable[str]) -> re.Pattern[str] | None:

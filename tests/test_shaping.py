@@ -125,6 +125,10 @@ def test_languages_written_without_spaces_join_utterances_as_they_are() -> None:
     assert dictate("", ["こんにちは。", "元気ですか。"], "ja")[0] == "こんにちは。元気ですか。"
     assert dictate("", ["你好。", "再见。"], "zh")[0] == "你好。再见。"
     assert dictate("", ["Hello.", "Bye."], "en")[0] == "Hello. Bye."
+    # With the language automatic, the script tells.
+    assert dictate("", ["こんにちは。", "元気ですか。"], "")[0] == "こんにちは。元気ですか。"
+    assert dictate("", ["สวัสดี", "ครับ"], "")[0] == "สวัสดีครับ"
+    assert dictate("", ["東京", "is big"], "")[0] == "東京 is big"
 
 
 COMMANDS = """
