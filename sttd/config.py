@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import logging
 import os
 import stat
 import tomllib
@@ -27,8 +26,6 @@ from .languages import check_language
 from .protocol import SessionSettings, TurnDetection
 from .redact import excerpt
 from .triggers import check_pattern
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "wss://api.openai.com/v1/realtime?intent=transcription"
 
@@ -332,13 +329,23 @@ def parse(text: str, source: str = "config") -> Config:
     except RecursionError:
         # A value nested just below tomllib's limit can still exhaust the stack when shown.
         raise ConfigError(f"{source}: a value is nested too deeply") from None
-    if "triggers" in data:
-        logger.info(
-            '%s: [triggers] still works but is replaced by [commands] (send = ["send"], purge = [...], '
-            "position = ...); its regular expressions are used for send and purge",
-            source,
-        )
     return config
+
+
+def legacy_notes(config: Config) -> list[str]:
+    """What the config still says the old way (``[triggers]``), one line each: logged at INFO, and by --check-config."""
+    changed = [
+        f"triggers.{f.name}"
+        for f in dataclasses.fields(TriggersConfig)
+        if getattr(config.triggers, f.name) != f.default
+    ]
+    if not changed:
+        return []
+    return [
+        f"{', '.join(changed)}: [triggers] still works, but [commands] replaces it "
+        '(send = ["send"], purge = ["purge"], position = "end"; phrases, not regular expressions); '
+        "the [triggers] patterns are used for send and purge"
+    ]
 
 
 def _profiles(data: dict[str, Any], profiles: Any) -> dict[str, Profile]:
@@ -596,6 +603,7 @@ def check_report(config: Config) -> list[str]:
             "session (one language, no keywords, sttd's own turn detection)"
         )
     lines += _insecure_lines(rt)
+    lines += [f"note: {note}" for note in legacy_notes(config)]
     return lines
 
 

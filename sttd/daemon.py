@@ -112,6 +112,8 @@ class Daemon:
                 self._notifier.ready(self._fanout.status_line())
                 logger.info("sttd %s ready on the session bus", __version__, extra=logsetup.event("ready"))
                 models.warn_if_deprecated(models.model_info(self._config.realtime.model))
+                for note in config.legacy_notes(self._config):
+                    logger.info("config: %s", note)
                 await self._shutdown.wait()
                 self._closing = True
                 self._notifier.stopping()
@@ -218,6 +220,8 @@ class Daemon:
         else:
             self._take_config(new)
             logger.info("configuration reloaded", extra=logsetup.event("reloaded"))
+            for note in config.legacy_notes(new):
+                logger.info("config: %s", note)
         finally:
             self._notifier.ready(self._fanout.status_line())
 
