@@ -157,3 +157,11 @@ def test_start_with_refuses_bad_options_by_name(
             assert f"{NAME}.Error.InvalidOption" in done.stderr and named in done.stderr, done.stderr
         assert sttd.status()["state"] == "idle"
         assert sttd.status()["profile"] == ""
+
+        # The hotkey's command: toggle with a profile and a language of its own starts, and stops.
+        assert sttd.ctl("toggle", "--profile", "email", "--lang", "fr").returncode == 0
+        sttd.wait_state("listening")
+        assert (sttd.status()["profile"], sttd.status()["language"]) == ("email", "fr")
+        assert sttd.ctl("toggle", "--profile", "email").returncode == 0
+        sttd.wait_state("idle")
+        assert (sttd.status()["profile"], sttd.status()["language"]) == ("", "")
