@@ -140,6 +140,8 @@ class ShapingConfig:
     """Words or phrases replaced by other text: whole words, case-insensitive, the longest first."""
     filler_words: tuple[str, ...] = ()
     """Words removed wherever they are said ("um", "uh")."""
+    punctuation: Table = Table()  # noqa: RUF009 - immutable
+    """Spoken punctuation of your own ({ "smiley" = ":-)" }), over the language's; "" turns a word off."""
 
 
 @dataclass(frozen=True)
@@ -483,6 +485,9 @@ def _check_commands(config: Config) -> None:
     for word in shaping.filler_words:
         if not word.split():
             raise ConfigError("shaping.filler_words: a filler word must not be empty")
+    for word in shaping.punctuation:
+        if not word.split():
+            raise ConfigError("shaping.punctuation: a spoken word must not be empty")
     seen: dict[str, str] = {}
     for action in ("send", "purge", "undo", "stop", "cancel"):
         for phrase in getattr(commands, action):

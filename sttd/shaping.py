@@ -140,6 +140,19 @@ def punctuation_for(language: str) -> dict[str, tuple[str, Kind]]:
     return PUNCTUATION.get(language, PUNCTUATION["en"]) if language not in NO_SPACE_LANGUAGES else {}
 
 
+def kind_of(mark: str) -> Kind | None:
+    """How a mark of the user's own sits between words, judged by its characters; None: like a word."""
+    if "\n" in mark:
+        return Kind.BREAK
+    if len(mark) > 1:
+        return None  # a smiley, an abbreviation: spaced like a word
+    if mark in "([{«„\u201c\u2018¿¡":
+        return Kind.OPEN
+    if mark in "-/":
+        return Kind.JOIN
+    return Kind.CLOSE
+
+
 # ------------------------------------------------------------------ phrases
 
 
@@ -232,6 +245,8 @@ class Rules:
     spoken_punctuation: bool = False
     replacements: Mapping[str, str] = field(default_factory=dict)
     filler_words: tuple[str, ...] = ()
+    punctuation: Mapping[str, str] = field(default_factory=dict)
+    """Words of one's own -> their mark, over the language's table; "" takes a word out of it."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +272,13 @@ class Shaper:
         self._replacements = {phrase_key(k): v for k, v in rules.replacements.items() if phrase_key(k)}
         self._replace = phrase_regex(self._replacements)
         self._fillers = _filler_regex(rules.filler_words)
-        self._marks = {phrase_key(k): v for k, v in punctuation_for(language).items()}
+        marks: dict[str, tuple[str, Kind | None]] = {phrase_key(k): v for k, v in punctuation_for(language).items()}
+        for word, mark in rules.punctuation.items():
+            if mark:
+                marks[phrase_key(word)] = (mark, kind_of(mark))
+            else:
+                marks.pop(phrase_key(word), None)
+        self._marks = marks
         self._punctuation = phrase_regex(self._marks) if rules.spoken_punctuation else None
 
     def partial(self, text: str, before: str = "") -> str:
@@ -305,6 +326,10 @@ class Shaper:
         for m in self._punctuation.finditer(text):
             mark, kind = self._marks[phrase_key(m.group())]
             before = text[position : m.start()].strip()
+            if kind is None:  # a word of the user's own: it stands for itself
+                pieces += [(None, piece) for piece in (before, mark) if piece]
+                position = m.end()
+                continue
             if kind is Kind.CLOSE or kind is Kind.JOIN:
                 # The spoken mark wins over the one the recognizer heard in the pause before it.
                 before = before.rstrip(RECOGNIZER_MARKS).rstrip()
@@ -414,5 +439,11 @@ def shaper_for(cfg: Config, language: str) -> Shaper:
         else:
             table.append((action, Phrases(getattr(commands, action))))
     position = "anywhere" if legacy.position == "anywhere" else commands.position
-    rules = Rules(cfg.shaping.spoken_punctuation, dict(cfg.shaping.replacements), cfg.shaping.filler_words)
+    shaping_cfg = cfg.shaping
+    rules = Rules(
+        shaping_cfg.spoken_punctuation,
+        dict(shaping_cfg.replacements),
+        shaping_cfg.filler_words,
+        dict(shaping_cfg.punctuation),
+    )
     return Shaper(rules, language, Commands(table, position))

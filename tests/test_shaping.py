@@ -121,6 +121,16 @@ def test_replacements_and_fillers(utterances: list[str], expected: str) -> None:
     assert dictate(RULES, utterances) == (expected, [])
 
 
+OWN = SPOKEN + 'punctuation = { "smiley" = ":-)", "point" = "", "open brace" = "{", "slash" = "/" }\n'
+
+
+def test_spoken_punctuation_of_ones_own_and_a_word_turned_off() -> None:
+    assert dictate(OWN, ["nice smiley see you period"]) == ("Nice :-) see you.", [])
+    assert dictate(OWN, ["either slash or open brace x"]) == ("Either/or {x", [])
+    # French without "point" as a full stop: "point de vue" stays words.
+    assert dictate(OWN, ["mon point de vue virgule voilà"], "fr") == ("Mon point de vue, voilà", [])
+
+
 def test_languages_written_without_spaces_join_utterances_as_they_are() -> None:
     assert dictate("", ["こんにちは。", "元気ですか。"], "ja")[0] == "こんにちは。元気ですか。"
     assert dictate("", ["你好。", "再见。"], "zh")[0] == "你好。再见。"
@@ -216,6 +226,7 @@ def test_shaping_is_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> No
         ("[commands]\nposition = 'middle'", "commands.position"),
         ("[shaping]\nreplacements = { a = 1 }", "shaping.replacements"),
         ("[shaping]\nfiller_words = ['']", "shaping.filler_words"),
+        ("[shaping]\npunctuation = { ' ' = '!' }", "shaping.punctuation"),
         ("[commands]\nhooks = { x = [] }", "commands.hooks"),
         ("[commands]\nhooks = { send = ['x'] }", "commands.hooks"),
         ("[profiles.email]\nlanguage = 'deutsch'", "profiles.email: realtime.language"),
