@@ -122,6 +122,15 @@ class ActionRequested:
 
 
 @dataclass(frozen=True)
+class UndoRequested:
+    """Text that had joined the pending text was taken back (:meth:`Dictation.undo`): the outputs that
+    inserted it should remove it from the window (the window-output issue's ``Undo``). Not emitted when
+    ``undo`` only dropped words said with it, which were never delivered."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class DictationOptions:
     """What one Start may choose (StartWith): applies to that dictation only."""
 
@@ -144,6 +153,7 @@ Output = (
     | EnabledChanged
     | ProfileChanged
     | ActionRequested
+    | UndoRequested
 )
 
 
@@ -504,12 +514,14 @@ class Dictation:
         """Take back the last utterance that joined the pending text; returns it ("" when there is none).
 
         The core's part of the ``undo`` voice command: the pending text loses
-        it and ``Triggered("undo", text)`` tells the outputs, which remove it
-        from the window where they can (see the window-output issue's Undo).
+        it, :class:`UndoRequested` asks the outputs to remove it from the window
+        where they can (see the window-output issue's Undo), and
+        ``Triggered("undo", text)`` tells D-Bus clients.
         """
         text = self._pending.pop().lstrip() if self._pending else ""
         if text:
             self._emit(PendingTextChanged(self.pending_text))
+            self._emit(UndoRequested(text))
         self._emit(Triggered("undo", text))
         return text
 

@@ -177,6 +177,15 @@ def test_position_anywhere_fires_inside_an_utterance_too() -> None:
     assert dictate(anywhere, ["send the file please"]) == ("", [("send", "The file please")])
 
 
+def test_only_an_undo_of_delivered_text_asks_the_outputs_to_take_it_back() -> None:
+    cfg = config.parse(COMMANDS)
+    dictation = core.Dictation(enabled=True, language="en", shaper=shaping.shaper_for(cfg, "en"))
+    for number, text in enumerate(["hello", "oops scratch that", "scratch that", "scratch that"]):
+        dictation.server_event(p.TranscriptionCompleted(f"item{number}", text))
+    undone = [o.text for o in dictation.take_outputs() if isinstance(o, core.UndoRequested)]
+    assert undone == ["Hello"]  # "oops" was never delivered; the last "scratch that" had nothing left
+
+
 def test_stop_and_cancel_ask_the_daemon() -> None:
     cfg = config.parse(COMMANDS)
     dictation = core.Dictation(enabled=True, language="en", shaper=shaping.shaper_for(cfg, "en"))
