@@ -280,7 +280,8 @@ class Daemon:
     async def start_with(self, values: dict[str, object]) -> None:
         """Start with per-dictation options (checked by :func:`sttd.options.check_types`).
 
-        Raises :class:`~sttd.errors.InvalidOptionError` naming a bad option.
+        Raises :class:`~sttd.errors.InvalidOptionError` naming a bad option. Cancelling the caller is
+        safe: the dictation, once begun, goes on (Start only waits for the microphone).
         """
         if self._tasks is None or self._closing:
             raise ShuttingDownError("sttd is shutting down")
