@@ -35,6 +35,7 @@ from .fanout import Fanout
 from .hooks import HookRunner
 from .microphone import Microphone
 from .realtime import RealtimeSession, SessionOptions
+from .shortcuts import Shortcuts
 from .systemd import Notifier
 from .turns import turns_for
 
@@ -79,6 +80,7 @@ class Daemon:
         self._stop_began: float | None = None
         self._run: _DictationRun | None = None
         self._fatal: SttdError | None = None
+        self._shortcuts = Shortcuts(cfg.shortcuts, self, on_status=self._shortcuts_changed)
 
     # -- lifecycle
 
@@ -96,6 +98,7 @@ class Daemon:
                 self._interface.serve()
                 bus_watch = tg.create_task(self._stay_on_bus(), name="bus-watch")
                 hooks = tg.create_task(self._hooks.run(), name="hooks")
+                shortcuts = tg.create_task(self._shortcuts.run(), name="shortcuts")
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._shutdown.set)
                 loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -110,6 +113,7 @@ class Daemon:
                 models.warn_if_deprecated(models.model_info(self._config.realtime.model))
                 await self._shutdown.wait()
                 self._closing = True
+                shortcuts.cancel()  # no key press starts a dictation from here on
                 self._notifier.stopping()
                 await self._interface.shutting_down()
                 await self._stop_for_shutdown()
@@ -229,6 +233,7 @@ class Daemon:
         if self._interface is not None:
             self._interface.engine_changed(self._engine)
         self._hooks.reconfigure(new.hooks, new.output)
+        self._shortcuts.reconfigure(new.shortcuts)
         if self._tasks is not None:
             self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
 
@@ -336,6 +341,18 @@ class Daemon:
 
     async def list_sources(self) -> list[audio.SourceInfo]:
         return await asyncio.to_thread(audio.list_sources)
+
+    @property
+    def shortcuts_status(self) -> str:
+        """The desktop shortcuts: ``bound``, ``binding``, ``disabled`` or ``unavailable (<reason>)``."""
+        return self._shortcuts.status
+
+    async def list_shortcuts(self) -> list[tuple[str, str, str]]:
+        return await self._shortcuts.list_shortcuts()
+
+    def _shortcuts_changed(self, status: str) -> None:
+        if self._interface is not None:
+            self._interface.shortcuts_changed(status)
 
     # -- SessionListener: what the Realtime session reports
 
