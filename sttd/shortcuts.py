@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dbus_next import BusType, DBusError, Message, MessageType, Variant
+from dbus_next import DBusError, Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from . import core
 from . import shortcuts_core as sc
+from .bus import Bus
 from .config import ShortcutsConfig
 from .errors import SttdError
 from .redact import excerpt
@@ -160,7 +161,8 @@ class Shortcuts:
 
     async def _connected(self) -> None:
         """One connection to the session bus: watch the portal, bind whenever it is (back) there."""
-        bus = self._bus = await MessageBus(bus_type=BusType.SESSION).connect()
+        # sttd's Bus: a connection closed with messages still queued leaves no unretrieved futures behind.
+        bus = self._bus = await Bus().connect()
         try:
             bus.add_message_handler(self._on_message)
             await self._add_match(f"type='signal',sender='{DBUS}',member='NameOwnerChanged',arg0='{PORTAL}'")
@@ -171,8 +173,10 @@ class Shortcuts:
                     self._owner_changed.clear()
                     await self._bind_if_there()
                     changed = asyncio.ensure_future(self._owner_changed.wait())
-                    await asyncio.wait([changed, disconnected], return_when=asyncio.FIRST_COMPLETED)
-                    changed.cancel()
+                    try:
+                        await asyncio.wait([changed, disconnected], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        changed.cancel()
             finally:
                 disconnected.cancel()
             with contextlib.suppress(Exception):
@@ -338,8 +342,9 @@ class Shortcuts:
         finally:
             if owner is not None:
                 owner.cancel()
+            if not task.done():  # given up, or cancelled: its failure when the bus closes is nobody's
+                task.cancel()
         if task not in done:
-            task.cancel()
             if owner is not None and owner in done:
                 raise _PortalGone()
             raise SttdError(f"no answer to {member} within {CALL_TIMEOUT_S:.0f} s")

@@ -195,6 +195,8 @@ def test_a_restarted_portal_gets_the_shortcuts_again(
         portal.release_at(PTT, now + 1000)  # a hold (by the desktop's clock), not a tap
         sttd.wait_state("idle")
         assert "desktop portal restarted: binding the shortcuts again" in sttd.log
+        assert sttd.terminate() == 0
+        assert "Traceback" not in sttd.log and "never retrieved" not in sttd.log
 
 
 @pytest.mark.parametrize("desktop", ["none", "without-global-shortcuts"])
