@@ -307,7 +307,10 @@ class Daemon:
         await asyncio.shield(queued.recording)
 
     async def _run_after_flush(self, run: _DictationRun, previous: asyncio.Task[None] | None) -> None:
-        """Cancel-safe: the microphone is let go of when this dictation does not begin."""
+        """Begin ``run`` once ``previous`` is closed; the microphone is let go of when it does not begin.
+
+        Cancelled only with the task group (sttd exiting), whose end closes the microphone.
+        """
         try:
             await self._microphone.detach()  # the previous dictation has every frame captured until now
             self._microphone.hold()

@@ -151,6 +151,8 @@ class Shortcuts:
                     logger.debug("shortcuts: %s", reason)
                     if self._status != unavailable(reason):
                         self._set_status(unavailable(reason))
+                else:
+                    self._set_status(unavailable("lost the session bus; connecting again"))
                 self._lost()
                 await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
         finally:

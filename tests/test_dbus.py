@@ -425,7 +425,17 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         assert "emits-change" in line, line
         assert ("writable" in line) == (name == ".Enabled"), line
     methods = {line.split()[0] for line in table.splitlines() if " method " in line}
-    assert methods == {".Start", ".Stop", ".Cancel", ".Toggle", ".SetLanguage", ".Send", ".Purge", ".ListSources", ".ListShortcuts"}
+    assert methods == {
+        ".Start",
+        ".Stop",
+        ".Cancel",
+        ".Toggle",
+        ".SetLanguage",
+        ".Send",
+        ".Purge",
+        ".ListSources",
+        ".ListShortcuts",
+    }
     signals = {line.split()[0] for line in table.splitlines() if " signal " in line}
     assert signals == {".Transcript", ".Triggered", ".Error"}
 
