@@ -1,7 +1,11 @@
-"""Push-to-talk as the core sees it: presses and releases in, actions out (no I/O)."""
+"""Push-to-talk as the core sees it: presses and releases in, actions out (no I/O); its config."""
 
 from __future__ import annotations
 
+import pytest
+
+from sttd import config
+from sttd.errors import ConfigError
 from sttd.shortcuts_core import CANCEL, PUSH_TO_TALK, SEND, START, STOP, TOGGLE, Action, Phase, PushToTalk
 
 
@@ -86,3 +90,18 @@ def test_the_other_shortcuts_act_on_press_only() -> None:
     assert core.pressed(CANCEL, 1.5) == [Action.CANCEL]
     assert core.released(PUSH_TO_TALK, 2.0, 2000) == []  # cancelled: the release stops nothing
     assert core.pressed("unknown", 0.0) == []
+
+
+def test_the_shortcuts_config_is_checked_naming_the_key() -> None:
+    parsed = config.parse('[shortcuts]\npush_to_talk = "<Ctrl><Alt>d"\nhold_threshold_ms = 0\nenabled = false\n')
+    assert parsed.shortcuts.push_to_talk == "<Ctrl><Alt>d"
+    assert parsed.shortcuts.hold_threshold_ms == 0 and not parsed.shortcuts.enabled
+    for text, key in (
+        ("max_hold_s = 0", "shortcuts.max_hold_s"),
+        ("hold_threshold_ms = 6000", "shortcuts.hold_threshold_ms"),
+        ('toggle = "a\\nb"', "shortcuts.toggle"),
+        ("push_to_talk = 3", "shortcuts.push_to_talk"),
+        ("pushtotalk = 'x'", "shortcuts.pushtotalk"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            config.parse(f"[shortcuts]\n{text}\n")
