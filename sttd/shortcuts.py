@@ -146,11 +146,14 @@ class Shortcuts:
             for attempt in itertools.count():
                 try:
                     await self._connected()
-                except (OSError, EOFError, ValueError, DBusError) as exc:
+                except (OSError, EOFError, ValueError, DBusError, SttdError) as exc:
                     reason = f"session bus: {excerpt(str(exc), limit=120)}"
                     logger.debug("shortcuts: %s", reason)
-                    if self._status != unavailable(reason):
-                        self._set_status(unavailable(reason))
+                    self._set_status(unavailable(reason))
+                except Exception as exc:
+                    # A bug here must cost the shortcuts, not the daemon (the task group would end it).
+                    logger.exception("desktop shortcuts failed unexpectedly; trying again")
+                    self._set_status(unavailable(f"internal error: {exc.__class__.__name__} (details in sttd's log)"))
                 else:
                     self._set_status(unavailable("lost the session bus; connecting again"))
                 self._lost()
@@ -263,10 +266,7 @@ class Shortcuts:
             timeout=BIND_TIMEOUT_S,
         )
         bound = _shortcut_list(results.get("shortcuts"))
-        logger.info(
-            "desktop shortcuts bound: %s",
-            ", ".join(f"{sid} = {trigger or 'no key yet'}" for sid, _, trigger in bound) or "none",
-        )
+        logger.info("desktop shortcuts bound: %s", _describe(bound))
         self._set_status(STATUS_BOUND)
 
     async def list_shortcuts(self) -> list[tuple[str, str, str]]:
@@ -363,14 +363,21 @@ class Shortcuts:
     def _on_message(self, message: Message) -> bool:
         if message.message_type != MessageType.SIGNAL:
             return False
+        try:
+            self._on_signal(message)
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:  # a signal not shaped as the spec says
+            logger.warning("ignored a malformed %s.%s from the portal: %s", message.interface, message.member, exc)
+        return False
+
+    def _on_signal(self, message: Message) -> None:
         if message.interface == DBUS and message.member == "NameOwnerChanged" and message.body[:1] == [PORTAL]:
             logger.info(
                 "desktop portal %s", "restarted: binding the shortcuts again" if message.body[2] else "left the bus"
             )
             self._owner_changed.set()
-            return False
+            return
         if not self._portal_owner or message.sender != self._portal_owner:
-            return False
+            return
         if message.interface == REQUEST and message.member == "Response":
             answer = self._responses.get(message.path or "")
             if answer is not None and not answer.done():
@@ -386,9 +393,8 @@ class Shortcuts:
             elif message.member == "ShortcutsChanged":
                 logger.info(
                     "the desktop changed sttd's shortcuts: %s",
-                    _describe(_shortcut_list(Variant("a(sa{sv})", message.body[1]))),
+                    _describe(_shortcut_list(message.body[1])),
                 )
-        return False
 
     def _key(self, pressed: bool, shortcut_id: str, stamp: int) -> None:
         now = time.monotonic()
