@@ -84,7 +84,7 @@ def test_hold_speak_release_is_one_dictation_with_no_word_lost_across_a_slow_han
     assert xcorr_similarity(wav_samples(wav), pcm(realtime_server.audio())) >= 0.95
 
 
-def test_a_tap_toggles_and_the_next_press_stops(
+def test_a_tap_toggles_and_the_next_press_stops_and_toggle_and_cancel_act_on_press(
     tmp_path: Path,
     portal: Portal,
     session_bus: SessionBus,
@@ -107,7 +107,12 @@ def test_a_tap_toggles_and_the_next_press_stops(
         portal.release_at(PTT, later + 2000)
         wait_logged(sttd, f"shortcut {PTT} released", count=2)
         assert sttd.status()["state"] == "idle"
-    assert realtime_server.handshake_count == 1
+        # The other shortcuts act on their press.
+        portal.press("toggle")
+        sttd.wait_state("listening")
+        portal.press("cancel")
+        sttd.wait_state("idle")
+    assert realtime_server.handshake_count == 2
 
 
 def test_a_press_during_the_previous_flush_starts_recording_at_once(
