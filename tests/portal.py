@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .bus import SessionBus, busctl, wait_until
 
 FRONTEND = "/usr/libexec/xdg-desktop-portal"
@@ -42,6 +44,8 @@ class Portal:
     def __init__(
         self, directory: Path, bus: SessionBus, interfaces: str = "org.freedesktop.impl.portal.GlobalShortcuts"
     ) -> None:
+        if not os.access(FRONTEND, os.X_OK):
+            pytest.fail(f"{FRONTEND} is missing: install xdg-desktop-portal (the README's test command does)")
         self.bus = bus
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
