@@ -114,6 +114,15 @@ class Controller(Protocol):
 
     async def list_sources(self) -> "list[SourceInfo]": ...
 
+    @property
+    def shortcuts_status(self) -> str:
+        """The desktop shortcuts: ``bound``, ``binding``, ``disabled`` or ``unavailable (<reason>)``."""
+        ...
+
+    async def list_shortcuts(self) -> list[tuple[str, str, str]]:
+        """``(id, description, trigger)`` as the desktop reports them; raises ``ShortcutsUnavailableError``."""
+        ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,6 +223,7 @@ _ARG_NAMES = {
     "Triggered": ("name", "text"),
     "Error": ("code", "message"),
     "ListSources": ("sources",),
+    "ListShortcuts": ("shortcuts",),
 }
 
 
@@ -361,6 +371,12 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         sources = await self._controller.list_sources()
         return [[str(s.name), str(s.description), bool(s.is_default)] for s in sources]
 
+    @method()
+    @_dbus_errors
+    async def ListShortcuts(self) -> "a(sss)":
+        await self._serving()
+        return [[str(i), str(d), str(t)] for i, d, t in await self._controller.list_shortcuts()]
+
     # -- properties
 
     @dbus_property(access=PropertyAccess.READ)
@@ -413,6 +429,11 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     @_dbus_errors
     def LastError(self) -> "s":
         return outward(self._dictation.last_error)
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
+    def Shortcuts(self) -> "s":
+        return self._controller.shortcuts_status
 
     # Widgets may poll this many times a second: it returns a stored number and does nothing else.
     @dbus_property(access=PropertyAccess.READ)
@@ -475,6 +496,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     def engine_changed(self, engine: str) -> None:
         self.emit_properties_changed({"Engine": engine})
+
+    def shortcuts_changed(self, status: str) -> None:
+        """Announce ``Shortcuts`` (the portal bound them, went away, came back)."""
+        self.emit_properties_changed({"Shortcuts": status})
 
     def model_changed(self, model: str) -> None:
         """Announce ``Model`` (after a reload that changed ``[realtime] model``)."""
