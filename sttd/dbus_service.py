@@ -410,6 +410,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         return [name, text]
 
     @signal()
+    def Committed(self, text: str, item_id: str) -> "ss":
+        return [text, item_id]
+
+    @signal()
     def Error(self, code: str, message: str) -> "ss":
         return [code, message]
 
@@ -425,6 +429,8 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
                 self.emit_properties_changed({"State": str(state)})
             case core.TranscriptEmitted(text, final, item_id):
                 self.Transcript(text, final, item_id)
+            case core.TextCommitted(text, item_id):
+                self.Committed(text, item_id)
             case core.PendingTextChanged(text):
                 self.emit_properties_changed({"PendingText": text})
             case core.Triggered(name, text):
