@@ -105,8 +105,18 @@ class IbusDesktop:
         self.daemon_log = directory / "ibus-daemon.log"
         with self.daemon_log.open("wb") as log:
             daemon = subprocess.Popen(
-                ["ibus-daemon", "--panel", "disable", "--emoji-extension", "disable", "--config", "disable",
-                 "--cache", "none", "--verbose"],  # fmt: skip
+                [
+                    "ibus-daemon",
+                    "--panel",
+                    "disable",
+                    "--emoji-extension",
+                    "disable",
+                    "--config",
+                    "disable",
+                    "--cache",
+                    "none",
+                    "--verbose",
+                ],
                 env={**self.env, "IBUS_COMPONENT_PATH": str(components)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -141,10 +151,24 @@ class IbusDesktop:
 
     def engine_on_bus(self) -> bool:
         reply = subprocess.run(
-            ["gdbus", "call", "--session", "-d", "org.freedesktop.DBus", "-o", "/org/freedesktop/DBus",
-             "-m", "org.freedesktop.DBus.NameHasOwner", "io.github.sttd.Ibus1"],  # fmt: skip
-            env=self.env, capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
+            [
+                "gdbus",
+                "call",
+                "--session",
+                "-d",
+                "org.freedesktop.DBus",
+                "-o",
+                "/org/freedesktop/DBus",
+                "-m",
+                "org.freedesktop.DBus.NameHasOwner",
+                "io.github.sttd.Ibus1",
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return "true" in reply.stdout
 
     def events(self) -> list[dict[str, Any]]:
@@ -178,10 +202,7 @@ class IbusDesktop:
         subprocess.run(["xdotool", "type", "--delay", "30", text], env=self.env, check=True, timeout=20)
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {name}:\n{_tail(self.directory / name)}"
-            for name in ("ibus-daemon.log", "receiver.log")
-        )
+        return "\n".join(f"--- {name}:\n{_tail(self.directory / name)}" for name in ("ibus-daemon.log", "receiver.log"))
 
     def close(self) -> None:
         for process in reversed(self._processes):

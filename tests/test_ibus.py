@@ -22,18 +22,33 @@ STTD_PATH = "/io/github/sttd/Sttd1"
 def _emit(desktop: IbusDesktop, signal: str, *args: str) -> None:
     """Send one of sttd's signals on the bus (gdbus: GVariant text for the arguments)."""
     subprocess.run(
-        ["gdbus", "emit", "--session", "--object-path", STTD_PATH, "--signal", f"io.github.sttd.Sttd1.{signal}",
-         *args],  # fmt: skip
-        env=desktop.env, check=True, timeout=10, capture_output=True,
-    )  # fmt: skip
+        ["gdbus", "emit", "--session", "--object-path", STTD_PATH, "--signal", f"io.github.sttd.Sttd1.{signal}", *args],
+        env=desktop.env,
+        check=True,
+        timeout=10,
+        capture_output=True,
+    )
 
 
 def _undo(desktop: IbusDesktop) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["gdbus", "call", "--session", "-d", "io.github.sttd.Ibus1", "-o", "/io/github/sttd/Ibus1",
-         "-m", "io.github.sttd.Ibus1.Undo"],  # fmt: skip
-        env=desktop.env, capture_output=True, text=True, timeout=10, check=False,
-    )  # fmt: skip
+        [
+            "gdbus",
+            "call",
+            "--session",
+            "-d",
+            "io.github.sttd.Ibus1",
+            "-o",
+            "/io/github/sttd/Ibus1",
+            "-m",
+            "io.github.sttd.Ibus1.Undo",
+        ],
+        env=desktop.env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
 
 
 def _q(text: str) -> str:
@@ -92,11 +107,23 @@ def test_spacing_purge_stop_and_undo_act_on_the_preedit_and_the_last_commit(
         _emit(desktop, "Transcript", _q("half a"), "false", _q("e"))
         wait_until(lambda: desktop.preedits[-1] == " half a", 10, "the preedit")
         subprocess.run(
-            ["gdbus", "emit", "--session", "--object-path", STTD_PATH, "--signal",
-             "org.freedesktop.DBus.Properties.PropertiesChanged", _q("io.github.sttd.Sttd1"),
-             "{'State': <'idle'>}", "@as []"],  # fmt: skip
-            env=desktop.env, check=True, timeout=10, capture_output=True,
-        )  # fmt: skip
+            [
+                "gdbus",
+                "emit",
+                "--session",
+                "--object-path",
+                STTD_PATH,
+                "--signal",
+                "org.freedesktop.DBus.Properties.PropertiesChanged",
+                _q("io.github.sttd.Sttd1"),
+                "{'State': <'idle'>}",
+                "@as []",
+            ],
+            env=desktop.env,
+            check=True,
+            timeout=10,
+            capture_output=True,
+        )
         wait_until(lambda: desktop.preedits[-1] == "", 10, "the preedit to go after Cancel")
         # Undo takes back exactly the last utterance, once.
         assert _undo(desktop).returncode == 0
