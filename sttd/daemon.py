@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import __version__, audio, config, core, logsetup, models
+from . import __version__, audio, config, core, ibus_link, logsetup, models
 from . import protocol as p
 from . import state as persisted
 from .credentials import CredentialSource
@@ -90,6 +90,7 @@ class Daemon:
         # Calls (including the one that activated us) wait until serve(): by
         # then the task group that runs dictations exists.
         await export(self._interface)
+        await ibus_link.watch(self._interface.bus, self._ibus_changed)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
@@ -229,6 +230,8 @@ class Daemon:
         if self._interface is not None:
             self._interface.engine_changed(self._engine)
         self._hooks.reconfigure(new.hooks, new.output)
+        if self._interface is not None:
+            self._interface.output_changed(*self.output())
         if self._tasks is not None:
             self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
 
@@ -325,6 +328,33 @@ class Daemon:
     def model(self) -> str:
         """The transcription model the next (or running) dictation uses."""
         return self._config.realtime.model
+
+    def output(self) -> tuple[str, str]:
+        """The window output in use and why."""
+        choice = self._hooks.output_choice()
+        return choice.output, choice.why
+
+    def _ibus_changed(self, enabled: bool) -> None:
+        logger.info("the sttd IBus input method is %s", "enabled" if enabled else "not enabled")
+        self._hooks.ibus_active = enabled
+        if self._interface is not None:
+            self._interface.output_changed(*self.output())
+
+    async def undo(self) -> str:
+        """Take back the text sttd last inserted into a window (the entry point for a voice command too).
+
+        In the IBus output the engine does it (it alone sees the user's keys);
+        else the typing / paste output presses BackSpace. Announces
+        ``Triggered("undo", text)``. Raises NothingToUndoError / UserTypedError.
+        """
+        if self.output()[0] == "ibus":
+            assert self._interface is not None and self._interface.bus is not None
+            removed = await ibus_link.undo(self._interface.bus)
+        else:
+            removed = await self._hooks.undo()
+        if self._interface is not None:
+            self._interface.Triggered("undo", removed)
+        return removed
 
     def send(self) -> None:
         self._dictation.send()

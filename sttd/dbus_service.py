@@ -110,6 +110,14 @@ class Controller(Protocol):
 
     async def list_sources(self) -> "list[SourceInfo]": ...
 
+    def output(self) -> "tuple[str, str]":
+        """The window output in use and why (``ibus``, ``type:wtype``, ...; see sttd.window)."""
+        ...
+
+    async def undo(self) -> str:
+        """Take back the text sttd last inserted into a window; what was removed. NothingToUndo / UserTyped."""
+        ...
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -208,6 +216,7 @@ _TYPE_NAMES = {"b": " (boolean)", "s": " (string)", "d": " (double)"}
 _ARG_NAMES = {
     "Transcript": ("text", "final", "item_id"),
     "Triggered": ("name", "text"),
+    "Committed": ("text", "item_id"),
     "Error": ("code", "message"),
     "ListSources": ("sources",),
 }
@@ -341,6 +350,12 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @method()
     @_dbus_errors
+    async def Undo(self) -> None:
+        await self._serving()
+        await self._controller.undo()
+
+    @method()
+    @_dbus_errors
     async def ListSources(self) -> "a(ssb)":
         await self._serving()
         sources = await self._controller.list_sources()
@@ -388,6 +403,16 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     @_dbus_errors
     def Model(self) -> "s":
         return self._controller.model
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
+    def Output(self) -> "s":
+        return self._controller.output()[0]
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
+    def OutputReason(self) -> "s":
+        return self._controller.output()[1]
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
@@ -456,6 +481,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         if source != self._source:
             self._source = source
             self.emit_properties_changed({"Source": source})
+
+    def output_changed(self, output: str, why: str) -> None:
+        """Announce ``Output`` and ``OutputReason`` (the IBus input method came or went, a reload)."""
+        self.emit_properties_changed({"Output": output, "OutputReason": why})
 
     def engine_changed(self, engine: str) -> None:
         self.emit_properties_changed({"Engine": engine})

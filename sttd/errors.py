@@ -117,3 +117,15 @@ class ShuttingDownError(SttdError):
     """sttd is stopping (SIGTERM): it takes no new dictation."""
 
     dbus_name = "ShuttingDown"
+
+
+class NothingToUndoError(SttdError):
+    """Undo with nothing sttd inserted left to take back."""
+
+    dbus_name = "NothingToUndo"
+
+
+class UserTypedError(SttdError):
+    """Undo refused: the user typed after sttd's text, which would be deleted instead."""
+
+    dbus_name = "UserTyped"

@@ -419,14 +419,26 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".Level",
         ".Engine",
         ".Model",
+        ".Output",
+        ".OutputReason",
     }
     for name, line in properties.items():
         assert "emits-change" in line, line
         assert ("writable" in line) == (name == ".Enabled"), line
     methods = {line.split()[0] for line in table.splitlines() if " method " in line}
-    assert methods == {".Start", ".Stop", ".Cancel", ".Toggle", ".SetLanguage", ".Send", ".Purge", ".ListSources"}
+    assert methods == {
+        ".Start",
+        ".Stop",
+        ".Cancel",
+        ".Toggle",
+        ".SetLanguage",
+        ".Send",
+        ".Purge",
+        ".ListSources",
+        ".Undo",
+    }
     signals = {line.split()[0] for line in table.splitlines() if " signal " in line}
-    assert signals == {".Transcript", ".Triggered", ".Error"}
+    assert signals == {".Transcript", ".Triggered", ".Committed", ".Error"}
 
 
 def test_the_activation_file_names_the_service_and_its_systemd_unit() -> None:
@@ -454,11 +466,14 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
         "Level": 0.0,
         "Engine": "openai",  # an API key is configured
         "Model": "gpt-live-transcribe",  # the default
+        "Output": "none",  # [output] mode = "none", the default
     }
+    reason = gvariant(clients.gdbus_call(f"{PROPS}.Get", IFACE, "OutputReason").stdout)
+    assert reason == ('[output] mode = "none"',)
     assert dict(zip(expected, clients.busctl_get(*expected), strict=True)) == expected
 
     (everything,) = gvariant(clients.gdbus_call(f"{PROPS}.GetAll", IFACE).stdout)
-    assert everything == expected
+    assert everything == {**expected, "OutputReason": reason[0]}
     for name, value in expected.items():
         assert gvariant(clients.gdbus_call(f"{PROPS}.Get", IFACE, name).stdout) == (value,)
 
@@ -803,10 +818,15 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
             "engine": "openai",
             "model": "gpt-live-transcribe",
             "price": "$0.017 per minute",
+            "output": "none",
+            "output_reason": '[output] mode = "none"',
         }
         text = sttd.ctl("status")
         assert text.returncode == 0 and "state:      idle" in text.stdout
         assert "model:      gpt-live-transcribe ($0.017 per minute)" in text.stdout.splitlines()
+        assert 'output:     none ([output] mode = "none")' in text.stdout.splitlines()
+        nothing = sttd.ctl("undo")
+        assert nothing.returncode == 1 and "nothing that sttd typed" in nothing.stderr
 
         assert sttd.ctl("lang").stdout == "auto\n"
         assert sttd.ctl("lang", "de").returncode == 0
