@@ -57,7 +57,7 @@ async def watch(bus: Any, on_change: Callable[[bool], None]) -> None:
 
 
 async def undo(bus: Any) -> str:
-    """Ask the engine to take back its last text; what it removed (``preedit`` or ``text``).
+    """Ask the engine to take back its last text (its preedit, else its last commit); the text it removed.
 
     Raises :class:`NothingToUndoError` / :class:`UserTypedError` as the engine
     answers, :class:`SttdError` for anything else. Cancelling is safe.

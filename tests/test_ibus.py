@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from .bus import SessionBus, wait_until
-from .daemon import Sttd
+from .daemon import running_sttd
 from .ibus_desktop import IbusDesktop, ibus_desktop
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, speech_wav
@@ -57,12 +57,19 @@ def _q(text: str) -> str:
 
 
 def test_spoken_words_show_as_preedit_then_are_committed_and_the_users_keys_pass(
-    tmp_path: Path, session_bus: SessionBus, sttd: Sttd, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+    tmp_path: Path, session_bus: SessionBus, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
 ) -> None:
     first = "we are testing live dictation on the linux desktop today"
     second = "Ünïcödé — 東京"
     realtime_server.script([first, second])
-    with ibus_desktop(tmp_path / "desktop", session_bus) as desktop:
+    (tmp_path / "sttd").mkdir()
+    with (
+        ibus_desktop(tmp_path / "desktop", session_bus) as desktop,
+        running_sttd(tmp_path / "sttd", session_bus, pulse_server, realtime_server, '[output]\nmode = "auto"') as sttd,
+    ):
+        # auto: the input method is enabled, so it is the output.
+        wait_until(lambda: sttd.status()["output"] == "ibus", 10, "Output to be ibus")
+        assert sttd.status()["output_reason"] == "the sttd input method is enabled in IBus"
         assert sttd.ctl("start").returncode == 0
         sttd.wait_state("listening")
         pulse_server.play(speech_wav(first, tmp_path / "first.wav"), wait=False)
@@ -71,18 +78,21 @@ def test_spoken_words_show_as_preedit_then_are_committed_and_the_users_keys_pass
         partial = [p for p in desktop.preedits if p and p != first]
         assert partial, desktop.preedits
         assert all(first.startswith(p) for p in partial), partial
-        pulse_server.play(speech_wav("and now some other words", tmp_path / "second.wav"), wait=False)
-        desktop.wait_text(f"{first} {second}")
-        assert sttd.ctl("stop").returncode == 0
-        sttd.wait_state("idle")
         # The user's own keys reach the window while the engine stays selected.
         desktop.type_keys(" ok")
-        desktop.wait_text(f"{first} {second} ok")
+        desktop.wait_text(f"{first} ok")
         # They typed after sttd's text: undo refuses rather than delete theirs.
-        refused = _undo(desktop)
-        assert refused.returncode != 0
-        assert "io.github.sttd.Sttd1.Error.UserTyped" in refused.stderr
-        assert desktop.text == f"{first} {second} ok"
+        refused = sttd.ctl("undo")
+        assert refused.returncode == 1
+        assert "you typed after" in refused.stderr
+        pulse_server.play(speech_wav("and now some other words", tmp_path / "second.wav"), wait=False)
+        desktop.wait_text(f"{first} ok {second}")
+        assert sttd.ctl("stop").returncode == 0
+        sttd.wait_state("idle")
+        # Undo through the daemon: the engine erases exactly its last commit.
+        undone = sttd.ctl("undo")
+        assert undone.returncode == 0, undone.stderr
+        desktop.wait_text(f"{first} ok")
 
 
 def test_spacing_purge_stop_and_undo_act_on_the_preedit_and_the_last_commit(

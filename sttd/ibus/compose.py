@@ -118,6 +118,8 @@ class Composer:
         """The text the engine itself committed last (for undo)."""
         self._typed_since = False
         """The user typed a key since that commit."""
+        self.undone = ""
+        """What the last :meth:`undo` took back."""
 
     # -- context
 
@@ -182,8 +184,9 @@ class Composer:
     # -- undo
 
     def undo(self) -> list[Action]:
-        """Take back what the engine inserted last. Raises :class:`UndoRefused`."""
+        """Take back what the engine inserted last (:attr:`undone` says what). Raises :class:`UndoRefused`."""
         if self.preedit:
+            self.undone = self.preedit
             return self._show("")
         if not self._last_commit:
             raise UndoRefused("NothingToUndo", "nothing that sttd inserted is left to undo")
@@ -191,6 +194,7 @@ class Composer:
             raise UndoRefused("UserTyped", "you typed after sttd's text: not deleting what you typed")
         # One BackSpace per code point committed (the text is committed as the daemon sent it).
         count = len(self._last_commit)
+        self.undone = self._last_commit
         self._last_commit = ""
         self._before = ""
         return [Erase(count)]

@@ -129,12 +129,11 @@ class Hub:
         try:
             if self.focused is None:
                 raise UndoRefused("NothingToUndo", "no window has the sttd input method's focus")
-            had_preedit = bool(self.composer.preedit)
             self.apply(self.composer.undo())
         except UndoRefused as refused:
             invocation.return_dbus_error(STTD_ERROR + refused.name, str(refused))
             return
-        invocation.return_value(GLib.Variant("(s)", ("preedit" if had_preedit else "text",)))
+        invocation.return_value(GLib.Variant("(s)", (self.composer.undone,)))
 
     def apply(self, actions: list[Action]) -> None:
         engine = self.focused
