@@ -141,3 +141,6 @@ def test_spacing_purge_stop_and_undo_act_on_the_preedit_and_the_last_commit(
         again = _undo(desktop)
         assert "io.github.sttd.Sttd1.Error.NothingToUndo" in again.stderr
         assert desktop.text == "Hello there, and"
+        # The send trigger presses Return in the window.
+        _emit(desktop, "Triggered", _q("send"), _q("Hello there, and"))
+        desktop.wait_text("Hello there, and\n")
