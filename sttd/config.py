@@ -142,6 +142,26 @@ class LocalConfig:
 
 
 @dataclass(frozen=True)
+class ShortcutsConfig:
+    """``[shortcuts]``: desktop-wide keys through the XDG GlobalShortcuts portal (GNOME 48+, KDE, Hyprland)."""
+
+    enabled: bool = True
+    """Ask the desktop portal for the shortcuts below (false: sttd never talks to the portal)."""
+    push_to_talk: str = "<Super>space"
+    """Preferred trigger of push-to-talk: hold to dictate, release to stop (the desktop has the last word)."""
+    toggle: str = ""
+    """Preferred trigger of toggle (Start when idle, else Stop); "" = none proposed."""
+    cancel: str = ""
+    """Preferred trigger of cancel; "" = none proposed."""
+    send: str = ""
+    """Preferred trigger of send; "" = none proposed."""
+    hold_threshold_ms: int = 300
+    """A push-to-talk press shorter than this is a tap: it toggles (listening goes on until the next press)."""
+    max_hold_s: float = 300.0
+    """A push-to-talk hold longer than this stops the dictation (a release the desktop lost)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration file."""
 
@@ -152,6 +172,7 @@ class Config:
     hooks: HooksConfig = HooksConfig()
     output: OutputConfig = OutputConfig()
     local: LocalConfig = LocalConfig()
+    shortcuts: ShortcutsConfig = ShortcutsConfig()
 
     @property
     def turn_mode(self) -> models.TurnMode:
@@ -307,6 +328,7 @@ def _check_values(config: Config) -> None:
     _check_range("audio.preroll_ms", audio.preroll_ms, 0, 10000)
     _check_range("hooks.timeout_s", hooks.timeout_s, 0.1, 3600)
     _check_range("local.threads", config.local.threads, 0, 256)
+    _check_shortcuts(config.shortcuts)
     for name in ("send", "purge"):
         try:
             check_pattern(getattr(config.triggers, name))
@@ -316,6 +338,15 @@ def _check_values(config: Config) -> None:
         argv = getattr(hooks, name)
         if argv and not argv[0]:
             raise ConfigError(f"hooks.{name}: the program (first element) must not be empty")
+
+
+def _check_shortcuts(shortcuts: ShortcutsConfig) -> None:
+    _check_range("shortcuts.hold_threshold_ms", shortcuts.hold_threshold_ms, 0, 5000)
+    _check_range("shortcuts.max_hold_s", shortcuts.max_hold_s, 1.0, 86400.0)
+    for name in ("push_to_talk", "toggle", "cancel", "send"):
+        trigger = getattr(shortcuts, name)
+        if len(trigger) > 100 or not trigger.isprintable():
+            raise ConfigError(f'shortcuts.{name}: not a key combination like "<Super>space": {excerpt(trigger)}')
 
 
 def _check_url(key: str, url: str, secure: tuple[str, ...], clear: tuple[str, ...], allow_insecure: bool) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -70,9 +71,11 @@ COMMANDS = [
     ("disable", "refuse dictation until enabled (persisted)"),
     ("listen", "print transcripts as they arrive, until interrupted"),
     ("devices", "list the capture sources (* marks the default)"),
+    ("shortcuts", "list the desktop shortcuts and their keys, as the desktop reports them"),
+    ("hold", "start now; stop on SIGTERM, SIGINT or when stdin closes (for a key-release binding)"),
 ]
 # Commands that may start the daemon through bus activation.
-AUTOSTART = {"start", "toggle", "enable", "disable"}
+AUTOSTART = {"start", "toggle", "enable", "disable", "hold"}
 
 
 class Unreachable(Exception):
@@ -172,6 +175,12 @@ async def _dispatch(client: Client, bus: MessageBus, args: argparse.Namespace) -
             print(f"{'*' if is_default else ' '} {name}\t{description}")
     elif command == "listen":
         return await _listen(bus, client, args.json)
+    elif command == "shortcuts":
+        (shortcuts,) = await client.call("ListShortcuts")
+        for shortcut_id, description, trigger in shortcuts:
+            print(f"{shortcut_id}\t{trigger or '(no key)'}\t{description}")
+    elif command == "hold":
+        return await _hold(bus, client)
     return EXIT_OK
 
 
@@ -189,6 +198,7 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
         "price": model_info(model).price if model else "",
         "output": props.get("Output", ""),
         "output_reason": props.get("OutputReason", ""),
+        "shortcuts": props.get("Shortcuts", ""),
     }
     if as_json:
         print(json.dumps(status, ensure_ascii=False))
@@ -201,8 +211,65 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
     if status["output"]:
         print(f"output:     {status['output']} ({status['output_reason']})")
     print(f"pending:    {status['transcript']}")
+    if status["shortcuts"]:
+        print(f"shortcuts:  {status['shortcuts']}")
     if status["last_error"]:
         print(f"last error: {status['last_error']}")
+
+
+async def _hold(bus: MessageBus, client: Client) -> int:
+    """Start, then Stop once told to let go: SIGTERM, SIGINT, or stdin closing (when it is a pipe or terminal).
+
+    Made for a compositor binding on the key's release (``bindsym --release``,
+    ``bindr``) that ends this process. stdin is watched only when it is a
+    pipe, socket or terminal: a compositor may start commands with
+    ``/dev/null`` there, which reads as closed at once.
+    """
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, release.set)
+    await client.call("Start")
+    watching = _watch_stdin(loop, release.set)
+    let_go = asyncio.ensure_future(release.wait())
+    disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
+    try:
+        await asyncio.wait([let_go, disconnected], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        let_go.cancel()
+        disconnected.cancel()
+        if watching:
+            loop.remove_reader(sys.stdin.fileno())
+            os.set_blocking(sys.stdin.fileno(), True)  # a terminal's flags are the shell's too
+    if not release.is_set():
+        raise Unreachable("the session bus closed the connection")
+    await client.call("Stop")
+    return EXIT_OK
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, closed: Callable[[], None]) -> bool:
+    try:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)):
+        return False
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            closed()
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    return True
 
 
 def _model_line(model: str, price: str) -> str:

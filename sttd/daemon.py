@@ -35,6 +35,7 @@ from .fanout import Fanout
 from .hooks import HookRunner
 from .microphone import Microphone
 from .realtime import RealtimeSession, SessionOptions
+from .shortcuts import Shortcuts
 from .systemd import Notifier
 from .turns import turns_for
 
@@ -78,7 +79,10 @@ class Daemon:
         self._discarding = False
         self._stop_began: float | None = None
         self._run: _DictationRun | None = None
+        self._queued: _DictationRun | None = None
+        """A Start during the previous dictation's flush: recording, waiting for that one to close."""
         self._fatal: SttdError | None = None
+        self._shortcuts = Shortcuts(cfg.shortcuts, self, on_status=self._shortcuts_changed)
 
     # -- lifecycle
 
@@ -97,6 +101,7 @@ class Daemon:
                 self._interface.serve()
                 bus_watch = tg.create_task(self._stay_on_bus(), name="bus-watch")
                 hooks = tg.create_task(self._hooks.run(), name="hooks")
+                shortcuts = tg.create_task(self._shortcuts.run(), name="shortcuts")
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._shutdown.set)
                 loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -111,6 +116,7 @@ class Daemon:
                 models.warn_if_deprecated(models.model_info(self._config.realtime.model))
                 await self._shutdown.wait()
                 self._closing = True
+                shortcuts.cancel()  # no key press starts a dictation from here on
                 self._notifier.stopping()
                 await self._interface.shutting_down()
                 await self._stop_for_shutdown()
@@ -232,6 +238,7 @@ class Daemon:
         self._hooks.reconfigure(new.hooks, new.output)
         if self._interface is not None:
             self._interface.output_changed(*self.output())
+        self._shortcuts.reconfigure(new.shortcuts)
         if self._tasks is not None:
             self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
 
@@ -270,25 +277,95 @@ class Daemon:
         """Begin a dictation; returns once the microphone is recording (or failed to)."""
         if self._tasks is None or self._closing:
             raise ShuttingDownError("sttd is shutting down")
+        if self._queued is not None or (self._dictation.stopping and self._dictation.enabled):
+            await self._start_after_flush()
+            return
         if not self._dictation.start():
             return
+        run = self._begin(asyncio.get_running_loop().create_future())
+        # Whoever pressed the hotkey may start talking as soon as Start returns.
+        await asyncio.shield(run.recording)
+
+    def _begin(self, recording: asyncio.Future[None], held: bool = False) -> _DictationRun:
+        """Run a dictation the core has just started; ``held``: its audio is already being recorded."""
+        assert self._tasks is not None
         self._discarding = False
         self._publish()
-        recording: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        run = self._run = _DictationRun(recording)
+        run = self._run = _DictationRun(recording, held=held)
         task = self._tasks.create_task(self._dictate(run), name="dictation")
         task.add_done_callback(functools.partial(self._dictation_ended, run))
         self._dictation_task = task
-        # Whoever pressed the hotkey may start talking as soon as Start returns.
-        await asyncio.shield(recording)
+        return run
+
+    # -- a Start during the previous dictation's flush (push-to-talk pressed again at once)
+
+    async def _start_after_flush(self) -> None:
+        """Record from now on, so nothing said is lost; the dictation begins once the previous one is closed."""
+        assert self._tasks is not None
+        queued = self._queued
+        if queued is None:
+            previous = self._dictation_task
+            queued = self._queued = _DictationRun(asyncio.get_running_loop().create_future(), held=True)
+            self._tasks.create_task(self._run_after_flush(queued, previous), name="start-after-flush")
+        await asyncio.shield(queued.recording)
+
+    async def _run_after_flush(self, run: _DictationRun, previous: asyncio.Task[None] | None) -> None:
+        """Begin ``run`` once ``previous`` is closed; the microphone is let go of when it does not begin.
+
+        Cancelled only with the task group (sttd exiting), whose end closes the microphone.
+        """
+        try:
+            await self._microphone.detach()  # the previous dictation has every frame captured until now
+            self._microphone.hold()
+            await self._microphone.open()
+        except AudioError as exc:
+            if self._queued is run:
+                self._queued = None
+            run.recording.set_exception(AudioError(str(exc)))
+            return
+        finally:
+            if not run.recording.done():
+                run.recording.set_result(None)
+        if previous is not None:
+            await asyncio.wait([previous])
+        if self._queued is not run or self._closing or self._tasks is None:
+            await self._microphone.detach()  # cancelled meanwhile, or sttd is stopping
+            return
+        self._queued = None
+        try:
+            started = self._dictation.start()
+        except SttdError as exc:  # disabled meanwhile
+            logger.info("the Start during the previous flush is dropped: %s", exc)
+            started = False
+        if not started:
+            await self._microphone.detach()
+            return
+        self._begin(run.recording, held=True)
+        if run.stopped:
+            self.stop()  # released before the previous flush was over: what was held is transcribed
+
+    async def _let_go_of_queued(self, run: _DictationRun) -> None:
+        """Stop or Cancel before the queued dictation began: nothing said from now on belongs to it."""
+        with contextlib.suppress(AudioError):
+            await asyncio.shield(run.recording)
+        await self._microphone.detach()
 
     def stop(self) -> None:
+        queued = self._queued
+        if queued is not None and self._tasks is not None and not queued.stopped:
+            queued.stopped = True
+            self._tasks.create_task(self._let_go_of_queued(queued), name="stop-queued")
+            return
         if self._dictation.stop() and self._tasks is not None:
             self._stop_began = time.monotonic()
             self._tasks.create_task(self._finish(), name="flush")
         self._publish()  # also Stop acknowledging an error: back to idle
 
     def cancel(self) -> None:
+        queued, self._queued = self._queued, None
+        if queued is not None and self._tasks is not None:
+            queued.stopped = True
+            self._tasks.create_task(self._let_go_of_queued(queued), name="cancel-queued")
         if self._dictation.stop():
             self._discarding = True
             if self._session is not None:
@@ -367,6 +444,18 @@ class Daemon:
     async def list_sources(self) -> list[audio.SourceInfo]:
         return await asyncio.to_thread(audio.list_sources)
 
+    @property
+    def shortcuts_status(self) -> str:
+        """The desktop shortcuts: ``bound``, ``binding``, ``disabled`` or ``unavailable (<reason>)``."""
+        return self._shortcuts.status
+
+    async def list_shortcuts(self) -> list[tuple[str, str, str]]:
+        return await self._shortcuts.list_shortcuts()
+
+    def _shortcuts_changed(self, status: str) -> None:
+        if self._interface is not None:
+            self._interface.shortcuts_changed(status)
+
     # -- SessionListener: what the Realtime session reports
 
     def session_ready(self) -> None:
@@ -394,7 +483,10 @@ class Daemon:
         cfg = self._config
         failure: tuple[str, str] | None = None
         try:
-            await self._open_microphone(run.recording)
+            if run.held:  # recording since a Start during the previous flush
+                self._source_changed()
+            else:
+                await self._open_microphone(run.recording)
             url, credentials = await self._connection(cfg)
             settings, detector = await turns_for(
                 cfg.turn_detection.type, cfg.session_settings(self._dictation.language)
@@ -460,7 +552,9 @@ class Daemon:
     async def _close_dictation(self, failure: tuple[str, str] | None) -> None:
         # The dictation stays "active" until the microphone is detached, so a Start
         # arriving meanwhile cannot begin a dictation that this close would then end.
-        await self._microphone.detach()
+        # A Start during the flush records already: that audio is the next dictation's.
+        if self._queued is None:
+            await self._microphone.detach()
         session, self._session = self._session, None
         if session is not None and session.dropped_audio_ms:
             logger.warning("%d ms of audio were dropped while disconnected", session.dropped_audio_ms)
@@ -510,11 +604,15 @@ class Daemon:
 class _DictationRun:
     """One Start's dictation task, as its cleanup sees it."""
 
-    def __init__(self, recording: asyncio.Future[None]) -> None:
+    def __init__(self, recording: asyncio.Future[None], held: bool = False) -> None:
         self.recording = recording
         """Resolved once the microphone records (or failed to): Start replies then."""
         self.closing = False
         """The task's own cleanup has begun; else the done callback closes the dictation."""
+        self.held = held
+        """Its audio was recorded before it began (a Start during the previous flush)."""
+        self.stopped = False
+        """Stop (or Cancel) came before it began."""
 
 
 def _triggers(cfg: config.Config) -> core.Triggers:

@@ -116,6 +116,14 @@ class Controller(Protocol):
 
     async def undo(self) -> str:
         """Take back the text sttd last inserted into a window; what was removed. NothingToUndo / UserTyped."""
+
+    @property
+    def shortcuts_status(self) -> str:
+        """The desktop shortcuts: ``bound``, ``binding``, ``disabled`` or ``unavailable (<reason>)``."""
+        ...
+
+    async def list_shortcuts(self) -> list[tuple[str, str, str]]:
+        """``(id, description, trigger)`` as the desktop reports them; raises ``ShortcutsUnavailableError``."""
         ...
 
 
@@ -219,6 +227,7 @@ _ARG_NAMES = {
     "Committed": ("text", "item_id"),
     "Error": ("code", "message"),
     "ListSources": ("sources",),
+    "ListShortcuts": ("shortcuts",),
 }
 
 
@@ -361,6 +370,12 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         sources = await self._controller.list_sources()
         return [[str(s.name), str(s.description), bool(s.is_default)] for s in sources]
 
+    @method()
+    @_dbus_errors
+    async def ListShortcuts(self) -> "a(sss)":
+        await self._serving()
+        return [[str(i), str(d), str(t)] for i, d, t in await self._controller.list_shortcuts()]
+
     # -- properties
 
     @dbus_property(access=PropertyAccess.READ)
@@ -418,6 +433,11 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
     @_dbus_errors
     def LastError(self) -> "s":
         return outward(self._dictation.last_error)
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
+    def Shortcuts(self) -> "s":
+        return self._controller.shortcuts_status
 
     # Widgets may poll this many times a second: it returns a stored number and does nothing else.
     @dbus_property(access=PropertyAccess.READ)
@@ -488,6 +508,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     def engine_changed(self, engine: str) -> None:
         self.emit_properties_changed({"Engine": engine})
+
+    def shortcuts_changed(self, status: str) -> None:
+        """Announce ``Shortcuts`` (the portal bound them, went away, came back)."""
+        self.emit_properties_changed({"Shortcuts": status})
 
     def model_changed(self, model: str) -> None:
         """Announce ``Model`` (after a reload that changed ``[realtime] model``)."""

@@ -421,6 +421,7 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".Model",
         ".Output",
         ".OutputReason",
+        ".Shortcuts",
     }
     for name, line in properties.items():
         assert "emits-change" in line, line
@@ -436,6 +437,7 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".Purge",
         ".ListSources",
         ".Undo",
+        ".ListShortcuts",
     }
     signals = {line.split()[0] for line in table.splitlines() if " signal " in line}
     assert signals == {".Transcript", ".Triggered", ".Committed", ".Error"}
@@ -467,9 +469,12 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
         "Engine": "openai",  # an API key is configured
         "Model": "gpt-live-transcribe",  # the default
         "Output": "none",  # [output] mode = "none", the default
+        "Shortcuts": "unavailable (no desktop portal (org.freedesktop.portal.Desktop) on the session bus)",
     }
     reason = gvariant(clients.gdbus_call(f"{PROPS}.Get", IFACE, "OutputReason").stdout)
     assert reason == ('[output] mode = "none"',)
+    # The shortcuts are looked for once sttd is up: wait until it has found there is no portal.
+    wait_until(lambda: clients.busctl_get("Shortcuts") != ["binding"], 10, "the shortcut status")
     assert dict(zip(expected, clients.busctl_get(*expected), strict=True)) == expected
 
     (everything,) = gvariant(clients.gdbus_call(f"{PROPS}.GetAll", IFACE).stdout)
@@ -488,7 +493,7 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
             f"string:{IFACE}",
             f"string:{name}",
         )
-        variant = out.splitlines()[1].split()
+        variant = out.splitlines()[1].split(None, 2)  # a string value may hold spaces
         assert variant[0] == "variant", out
         shown = {str: ["string", json.dumps(value)], bool: ["boolean", str(value).lower()], float: ["double", "0"]}
         assert variant[1:] == shown[type(value)], out
@@ -806,6 +811,7 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
         assert first["type"] == "properties"
         assert {"state", "enabled", "language", "transcript", "source", "last_error", "level"} <= set(first)
 
+        wait_until(lambda: sttd.status()["shortcuts"] != "binding", 10, "sttd to look for the shortcuts portal")
         status = sttd.ctl("status", "--json")
         assert status.returncode == 0
         assert json.loads(status.stdout) == {
@@ -820,6 +826,7 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
             "price": "$0.017 per minute",
             "output": "none",
             "output_reason": '[output] mode = "none"',
+            "shortcuts": "unavailable (no desktop portal (org.freedesktop.portal.Desktop) on the session bus)",
         }
         text = sttd.ctl("status")
         assert text.returncode == 0 and "state:      idle" in text.stdout

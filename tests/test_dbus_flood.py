@@ -316,6 +316,7 @@ class _Controller:
     source = ""
     engine = "openai"
     model = "gpt-live-transcribe"
+    shortcuts_status = "disabled"
 
     def __init__(self) -> None:
         self.started = 0
