@@ -4,7 +4,7 @@
 # ~/.local/share/bash-completion/completions/sttctl (loaded on demand by
 # bash-completion), or source it from ~/.bashrc.
 
-_sttctl_commands="start stop toggle cancel send purge status lang enable disable listen devices shortcuts hold shape"
+_sttctl_commands="start stop toggle cancel send purge undo status lang enable disable listen devices shortcuts hold shape"
 
 # ISO-639-1 codes, the languages `sttctl lang` accepts ('' means automatic).
 _sttctl_languages="

@@ -182,8 +182,10 @@ class HooksConfig:
 class OutputConfig:
     """``[output]``: built-in ways to deliver text."""
 
-    mode: Literal["none", "type", "clipboard", "stdout"] = "none"
-    """Where final text goes besides D-Bus and hooks."""
+    mode: Literal["none", "type", "clipboard", "stdout", "ibus", "paste", "auto"] = "none"
+    """Where final text goes besides D-Bus and hooks ("auto": the IBus engine, wtype, xdotool or the clipboard)."""
+    paste_keys: Literal["ctrl+v", "ctrl+shift+v", "shift+Insert"] = "ctrl+v"
+    """The keystroke "paste" mode presses ("ctrl+shift+v" for terminals)."""
 
 
 @dataclass(frozen=True)

@@ -518,12 +518,22 @@ class Dictation:
         where they can (see the window-output issue's Undo), and
         ``Triggered("undo", text)`` tells D-Bus clients.
         """
-        text = self._pending.pop().lstrip() if self._pending else ""
+        text = self.take_back()
         if text:
-            self._emit(PendingTextChanged(self.pending_text))
             self._emit(UndoRequested(text))
         self._emit(Triggered("undo", text))
         return text
+
+    def take_back(self) -> str:
+        """Drop the last utterance from the pending text; returns it ("" when there is none)."""
+        text = self._pending.pop().lstrip() if self._pending else ""
+        if text:
+            self._emit(PendingTextChanged(self.pending_text))
+        return text
+
+    def undone(self, text: str) -> None:
+        """D-Bus ``Undo`` took ``text`` back out of the window (and the pending text): tell the clients."""
+        self._emit(Triggered("undo", text))
 
     # -- session notifications
 

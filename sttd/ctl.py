@@ -55,6 +55,7 @@ SIMPLE_COMMANDS = {
     "cancel": "Cancel",
     "send": "Send",
     "purge": "Purge",
+    "undo": "Undo",
 }
 COMMANDS = [
     ("start", "start dictating"),
@@ -63,6 +64,7 @@ COMMANDS = [
     ("cancel", "stop and drop what is not transcribed yet"),
     ("send", "send the pending text (like saying the send word)"),
     ("purge", "drop the pending text (like saying the purge word)"),
+    ("undo", "take back the text sttd last put into the window"),
     ("status", "show the daemon's state"),
     ("lang", "show or set the language (ISO-639-1 code, or '' for automatic)"),
     ("enable", "allow dictation (persisted)"),
@@ -220,6 +222,8 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
         "model": model,
         "price": model_info(model).price if model else "",
         "profile": props.get("Profile", ""),
+        "output": props.get("Output", ""),
+        "output_reason": props.get("OutputReason", ""),
         "shortcuts": props.get("Shortcuts", ""),
     }
     if as_json:
@@ -232,6 +236,8 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
     print(f"engine:     {status['engine'] or 'none'}")
     print(f"model:      {_model_line(model, status['price'])}")
     print(f"source:     {status['source'] or 'default'}")
+    if status["output"]:
+        print(f"output:     {status['output']} ({status['output_reason']})")
     print(f"pending:    {status['transcript']}")
     if status["shortcuts"]:
         print(f"shortcuts:  {status['shortcuts']}")

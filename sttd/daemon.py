@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import __version__, audio, config, core, logsetup, models, options, shaping
+from . import __version__, audio, config, core, ibus_link, logsetup, models, options, shaping
 from . import protocol as p
 from . import state as persisted
 from .credentials import CredentialSource
@@ -26,6 +26,7 @@ from .errors import (
     AudioError,
     ConfigError,
     CredentialsError,
+    NothingToUndoError,
     SessionError,
     ShuttingDownError,
     StateNotSavedError,
@@ -48,6 +49,9 @@ SHUTDOWN_FLUSH_S = 5.0
 WEDGED_AFTER_S = 60.0
 """A Stop still flushing this long after it began (the flush is bounded at 10 s) means sttd is wedged:
 the watchdog stops pinging, so systemd restarts it."""
+
+WINDOWLESS_OUTPUTS = frozenset({"none", "stdout", "clipboard"})
+"""Outputs that insert nothing into a window: Undo takes the text back from PendingText only."""
 
 
 class Daemon:
@@ -98,6 +102,7 @@ class Daemon:
         # Calls (including the one that activated us) wait until serve(): by
         # then the task group that runs dictations exists.
         await export(self._interface)
+        await ibus_link.watch(self._interface.bus, self._ibus_changed)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
@@ -245,6 +250,8 @@ class Daemon:
         if self._interface is not None:
             self._interface.engine_changed(self._engine)
         self._hooks.reconfigure(new.hooks, new.output)
+        if self._interface is not None:
+            self._interface.output_changed(*self.output())
         self._shortcuts.reconfigure(new.shortcuts)
         if self._tasks is not None:
             self._tasks.create_task(self._reconfigure_audio(new.audio), name="reconfigure-audio")
@@ -440,6 +447,54 @@ class Daemon:
         """The transcription model the next (or running) dictation uses."""
         return self._config.realtime.model
 
+    def output(self) -> tuple[str, str]:
+        """The window output in use and why."""
+        choice = self._hooks.output_choice()
+        return choice.output, choice.why
+
+    def _ibus_changed(self, enabled: bool) -> None:
+        logger.info("the sttd IBus input method is %s", "enabled" if enabled else "not enabled")
+        self._hooks.ibus_active = enabled
+        if self._interface is not None:
+            self._interface.output_changed(*self.output())
+
+    async def undo(self) -> str:
+        """Take back the text sttd last inserted into a window (the entry point for a voice command too).
+
+        In the IBus output the engine does it (it alone sees the user's keys);
+        else the typing / paste output presses BackSpace. Announces
+        ``Triggered("undo", text)``. Raises NothingToUndoError / UserTypedError.
+        """
+        inserts = self.output()[0] not in WINDOWLESS_OUTPUTS
+        removed = await self._remove_from_window() if inserts else ""
+        # The pending text loses it too; without a window output that is all there is to undo.
+        text = self._dictation.take_back() or removed
+        if not text:
+            self._publish()
+            raise NothingToUndoError("nothing that sttd inserted is left to undo")
+        self._dictation.undone(text)
+        self._publish()
+        return text
+
+    async def _remove_from_window(self) -> str:
+        """Take back what the output inserted last: the IBus engine, else BackSpaces. NothingToUndo / UserTyped."""
+        if self.output()[0] == "ibus":
+            assert self._interface is not None and self._interface.bus is not None
+            return await ibus_link.undo(self._interface.bus)
+        return await self._hooks.undo()
+
+    async def _undo_in_window(self) -> None:
+        """The voice command's part in the window; a refusal is told, never raised (nobody awaits it)."""
+        if self.output()[0] in WINDOWLESS_OUTPUTS:
+            return
+        try:
+            await self._remove_from_window()
+        except NothingToUndoError:
+            pass
+        except SttdError as exc:
+            logger.info("undo: %s", exc)
+            self._fanout.problem("output", str(exc))
+
     def send(self) -> None:
         self._dictation.send()
         self._publish()
@@ -615,6 +670,10 @@ class Daemon:
     def _voice_command(self, action: str, text: str) -> None:
         """A voice command only the daemon can carry out (stop, cancel: after the outputs being published),
         or a command hook, queued behind the hooks of what was said before it."""
+        if action == "undo":
+            if self._tasks is not None:
+                self._tasks.create_task(self._undo_in_window(), name="undo")
+            return
         handlers = {"stop": self.stop, "cancel": self.cancel}
         handler = handlers.get(action)
         if handler is not None:

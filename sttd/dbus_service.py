@@ -114,6 +114,13 @@ class Controller(Protocol):
 
     async def list_sources(self) -> "list[SourceInfo]": ...
 
+    def output(self) -> "tuple[str, str]":
+        """The window output in use and why (``ibus``, ``type:wtype``, ...; see sttd.window)."""
+        ...
+
+    async def undo(self) -> str:
+        """Take back the text sttd last inserted into a window; what was removed. NothingToUndo / UserTyped."""
+
     @property
     def shortcuts_status(self) -> str:
         """The desktop shortcuts: ``bound``, ``binding``, ``disabled`` or ``unavailable (<reason>)``."""
@@ -221,6 +228,7 @@ _TYPE_NAMES = {"b": " (boolean)", "s": " (string)", "d": " (double)"}
 _ARG_NAMES = {
     "Transcript": ("text", "final", "item_id"),
     "Triggered": ("name", "text"),
+    "Committed": ("text", "item_id"),
     "Error": ("code", "message"),
     "ListSources": ("sources",),
     "ListShortcuts": ("shortcuts",),
@@ -366,6 +374,12 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @method()
     @_dbus_errors
+    async def Undo(self) -> None:
+        await self._serving()
+        await self._controller.undo()
+
+    @method()
+    @_dbus_errors
     async def ListSources(self) -> "a(ssb)":
         await self._serving()
         sources = await self._controller.list_sources()
@@ -427,6 +441,16 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
 
     @dbus_property(access=PropertyAccess.READ)
     @_dbus_errors
+    def Output(self) -> "s":
+        return self._controller.output()[0]
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
+    def OutputReason(self) -> "s":
+        return self._controller.output()[1]
+
+    @dbus_property(access=PropertyAccess.READ)
+    @_dbus_errors
     def LastError(self) -> "s":
         return outward(self._dictation.last_error)
 
@@ -451,6 +475,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         return [name, text]
 
     @signal()
+    def Committed(self, text: str, item_id: str) -> "ss":
+        return [text, item_id]
+
+    @signal()
     def Error(self, code: str, message: str) -> "ss":
         return [code, message]
 
@@ -466,6 +494,8 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
                 self.emit_properties_changed({"State": str(state)})
             case core.TranscriptEmitted(text, final, item_id):
                 self.Transcript(text, final, item_id)
+            case core.TextCommitted(text, item_id):
+                self.Committed(text, item_id)
             case core.PendingTextChanged(text):
                 self.emit_properties_changed({"PendingText": text})
             case core.Triggered(name, text):
@@ -493,6 +523,10 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         if source != self._source:
             self._source = source
             self.emit_properties_changed({"Source": source})
+
+    def output_changed(self, output: str, why: str) -> None:
+        """Announce ``Output`` and ``OutputReason`` (the IBus input method came or went, a reload)."""
+        self.emit_properties_changed({"Output": output, "OutputReason": why})
 
     def engine_changed(self, engine: str) -> None:
         self.emit_properties_changed({"Engine": engine})

@@ -123,3 +123,15 @@ class InvalidOptionError(SttdError):
     """A StartWith option that is unknown, of the wrong type or of a value sttd cannot use; the message names it."""
 
     dbus_name = "InvalidOption"
+
+
+class NothingToUndoError(SttdError):
+    """Undo with nothing sttd inserted left to take back."""
+
+    dbus_name = "NothingToUndo"
+
+
+class UserTypedError(SttdError):
+    """Undo refused: the user typed after sttd's text, which would be deleted instead."""
+
+    dbus_name = "UserTyped"

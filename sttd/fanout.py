@@ -68,6 +68,10 @@ class Fanout:
                 case core.ActionRequested(action, text):
                     if self._on_action is not None:
                         self._on_action(action, text)
+                case core.UndoRequested(text):
+                    # A voice "scratch that": the window loses the text too, where the output can take it back.
+                    if self._on_action is not None:
+                        self._on_action("undo", text)
 
     def problem(self, code: str, message: str) -> None:
         """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""

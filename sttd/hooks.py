@@ -47,6 +47,7 @@ from .config import HooksConfig, OutputConfig
 from .errors import OutputError
 from .output import KEYMAP_RELEASE_S, TextOutput
 from .redact import excerpt, outward, redact
+from .window import Choice
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,11 @@ class HookRunner:
 
     def __init__(self, hooks: HooksConfig, output: OutputConfig, *, on_error: ErrorCallback | None = None) -> None:
         self._hooks = hooks
-        self._output = TextOutput(output.mode)
+        self.ibus_active = False
+        """The sttd IBus input method is enabled (the daemon watches its bus name)."""
+        self._output = self._make_output(output)
+        self._last_used: TextOutput | None = None
+        """The output that delivered the last event: a profile's own output types its text, and undoes it."""
         self._on_error = on_error
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_SIZE)
         self._retired: list[TextOutput] = []
@@ -157,8 +162,25 @@ class HookRunner:
         if output.mode != self._output.mode:
             if self._output.needs_idle:
                 self._retired.append(self._output)
-            self._output = TextOutput(output.mode)
+            self._output = self._make_output(output)
             self._log_output()
+        elif output.paste_keys != self._output.paste_keys:
+            self._output.paste_keys = output.paste_keys
+
+    def _make_output(self, output: OutputConfig) -> TextOutput:
+        return TextOutput(output.mode, paste_keys=output.paste_keys, ibus_active=lambda: self.ibus_active)
+
+    def output_choice(self) -> Choice:
+        """The output in use now and why."""
+        return self._output.choice()
+
+    async def undo(self) -> str:
+        """Take back what the typing or paste output inserted last, once the events before it are done.
+
+        Raises NothingToUndoError / OutputError. Cancelling is safe (a running tool is killed).
+        """
+        await self.join()
+        return await (self._last_used or self._output).undo(self._output_command)
 
     async def run(self) -> None:
         """The worker: handles queued events until cancelled. Cancelling kills a running command's process group."""
@@ -239,8 +261,10 @@ class HookRunner:
         self._env = env
         text = redact(job.text)
         try:
-            if await self._output_for(job.output).deliver(job.event, text, self._output_command, job.separator):
+            output = self._output_for(job.output)
+            if await output.deliver(job.event, text, self._output_command, job.separator):
                 self._problems.pop("output", None)
+                self._last_used = output
         except OutputError as exc:
             self._failed("output", "output", str(exc))
         argv = getattr(self._hooks, job.event)

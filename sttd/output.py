@@ -53,13 +53,14 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
-from .errors import OutputError
+from .errors import NothingToUndoError, OutputError
+from .window import WTYPE_SETTLE_MS, Choice, Paster, choose_auto, wayland_globals
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["none", "type", "clipboard", "stdout"]
+Mode = Literal["none", "type", "clipboard", "stdout", "ibus", "paste", "auto"]
 Event = Literal["transcript", "send", "purge"]
 Which = Callable[[str], str | None]
 
@@ -97,6 +98,10 @@ class Typer:
 
     async def press_return(self, run: Runner) -> bool:
         raise NotImplementedError
+
+    async def erase(self, count: int, run: Runner) -> bool:
+        """Press BackSpace ``count`` times (undo)."""
+        raise NothingToUndoError(f"{self.name} cannot take text back")
 
     async def idle(self, run: Runner) -> None:
         """Typing has been idle for a while (or sttd is stopping): undo temporary changes."""
@@ -140,6 +145,10 @@ class Xdotool(Typer):
 
     async def press_return(self, run: Runner) -> bool:
         return await run(("xdotool", "key", "--clearmodifiers", "Return"), env=self.env) is not None
+
+    async def erase(self, count: int, run: Runner) -> bool:
+        argv = ("xdotool", "key", "--clearmodifiers", "--repeat", str(count), "BackSpace")
+        return await run(argv, env=self.env, timeout_s=_typing_timeout(" " * count)) is not None
 
     async def idle(self, run: Runner) -> None:
         if self.bound:
@@ -187,16 +196,23 @@ def keysym_pairs(text: str) -> list[list[int]]:
 class Wtype(Typer):
     """``wtype`` (Wayland compositors with the virtual-keyboard protocol: sway, Hyprland, ...): stdin ``-``.
 
-    wtype uploads a keymap of its own holding every character it types.
+    wtype uploads a keymap of its own holding every character it types, and
+    waits :data:`~sttd.window.WTYPE_SETTLE_MS` before the first key (sway may
+    drop a key sent at once after the keymap switch).
     """
 
     name = "wtype"
+    settle: ClassVar[tuple[str, ...]] = ("-s", str(WTYPE_SETTLE_MS))
 
     async def type_text(self, text: str, run: Runner) -> bool:
-        return await run(("wtype", "-"), text, timeout_s=_typing_timeout(text)) is not None
+        return await run(("wtype", *self.settle, "-"), text, timeout_s=_typing_timeout(text)) is not None
 
     async def press_return(self, run: Runner) -> bool:
-        return await run(("wtype", "-k", "Return")) is not None
+        return await run(("wtype", *self.settle, "-k", "Return")) is not None
+
+    async def erase(self, count: int, run: Runner) -> bool:
+        keys = [arg for _ in range(count) for arg in ("-k", "BackSpace")]
+        return await run(("wtype", *self.settle, *keys), timeout_s=_typing_timeout(" " * count)) is not None
 
 
 class Ydotool(Typer):
@@ -278,10 +294,25 @@ def find_copier(environ: Mapping[str, str], which: Which = shutil.which) -> tupl
 class TextOutput:
     """One ``[output] mode`` and what it remembers between events."""
 
-    def __init__(self, mode: Mode, *, environ: Mapping[str, str] | None = None, which: Which = shutil.which) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        environ: Mapping[str, str] | None = None,
+        which: Which = shutil.which,
+        paste_keys: str = "ctrl+v",
+        ibus_active: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.mode = mode
         self._environ = environ
         self._which = which
+        self._ibus_active = ibus_active
+        self._paster = Paster(paste_keys, which)
+        self.paste_keys = paste_keys
+        self._wayland: dict[str, frozenset[str] | None] = {}
+        """The compositor's globals per Wayland socket, asked once."""
+        self._inserted: tuple[str, Typer] | None = None
+        """The text sttd typed or pasted last and the typer that can erase it (for undo)."""
         self._typers: dict[type[Typer], Typer] = {}
         self._mid_message = False
         """Text was typed or printed since the last Return: the next utterance needs a separating space."""
@@ -299,8 +330,37 @@ class TextOutput:
         """:meth:`idle` has something to undo."""
         return any(isinstance(t, Xdotool) and t.bound for t in self._typers.values())
 
+    def choice(self) -> Choice:
+        """The output in use now and why (the D-Bus ``Output`` property)."""
+        mode = self.mode
+        if mode == "auto":
+            return choose_auto(self.environ, self._ibus_active(), self._which, self._probe)
+        if mode == "ibus":
+            active = self._ibus_active()
+            why = "the sttd input method is enabled in IBus" if active else "the sttd input method is not enabled"
+            return Choice("ibus", why)
+        if mode == "type":
+            try:
+                return Choice(f"type:{find_typer(self.environ, self._which).name}", '[output] mode = "type"')
+            except OutputError as exc:
+                return Choice("none", str(exc))
+        if mode == "none":
+            return Choice("none", '[output] mode = "none"')
+        return Choice(mode, f'[output] mode = "{mode}"')
+
+    def _probe(self, environ: Mapping[str, str]) -> frozenset[str] | None:
+        key = f"{environ.get('XDG_RUNTIME_DIR', '')}/{environ.get('WAYLAND_DISPLAY', '')}"
+        if key not in self._wayland:
+            self._wayland[key] = wayland_globals(environ)
+        return self._wayland[key]
+
     def describe(self) -> str:
         """What this mode will use, for the log ("typing with xdotool"). Raises :class:`OutputError`."""
+        if self.mode in ("auto", "ibus"):
+            choice = self.choice()
+            return f"{choice.output} ({choice.why})"
+        if self.mode == "paste":
+            return self._paster.describe(self.environ)
         if self.mode == "type":
             return f"typing with {find_typer(self.environ, self._which).name}"
         if self.mode == "clipboard":
@@ -321,7 +381,31 @@ class TextOutput:
             return await self._clipboard(event, text, run)
         if self.mode == "stdout":
             return self._stdout(event, text)
+        if self.mode == "paste":
+            return await self._paste(event, text, run)
+        if self.mode == "auto":
+            output = self.choice().output
+            if output.startswith("type:"):
+                return await self._type(event, text, run)
+            if output == "clipboard":
+                return await self._clipboard(event, text, run)
+        # "ibus": the input method shows and commits the text itself (it listens to the D-Bus signals).
         return True
+
+    async def undo(self, run: Runner) -> str:
+        """Take back the text sttd typed or pasted last: as many BackSpaces as characters. Raises
+        :class:`~sttd.errors.NothingToUndoError`.
+
+        sttd cannot see the keyboard in these modes: the IBus input method is
+        the one that knows whether the user typed since (and refuses then).
+        """
+        if self._inserted is None:
+            raise NothingToUndoError("nothing that sttd typed is left to undo")
+        text, typer = self._inserted
+        self._inserted = None
+        if not await typer.erase(len(text), run):
+            raise OutputError(f"undo: {typer.name} could not press BackSpace")
+        return text
 
     async def idle(self, run: Runner) -> None:
         for typer in self._typers.values():
@@ -341,11 +425,28 @@ class TextOutput:
     async def _type(self, event: Event, text: str, run: Runner) -> bool:
         if event == "transcript" and text:
             typer = self._typer()
-            return await typer.type_text(self._separated(text), run)
+            typed = self._separated(text)
+            ok = await typer.type_text(typed, run)
+            self._inserted = (typed, typer) if ok else None
+            return ok
         if event == "send":
             typer = self._typer()
             self._mid_message = False
+            self._inserted = None
             return await typer.press_return(run)
+        return True
+
+    async def _paste(self, event: Event, text: str, run: Runner) -> bool:
+        if event == "transcript" and text:
+            pasted = self._separated(text)
+            self._paster.keys = self.paste_keys
+            await self._paster.paste(pasted, self.environ)
+            self._inserted = (pasted, self._typer())
+            return True
+        if event == "send":
+            self._mid_message = False
+            self._inserted = None
+            return await self._typer().press_return(run)
         return True
 
     def _stdout(self, event: Event, text: str) -> bool:
@@ -384,85 +485,11 @@ def _print(text: str) -> None:
 _KEYMAP_HELPER = (sys.executable, "-m", "sttd.output", "x11-keymap")
 
 
-def _x11_keymap(command: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Bind keysym pairs to spare keycodes (``bind``), undo that (``release``), or ``list`` keysyms on ``$DISPLAY``.
-
-    Runs in a child process of its own (``python -m sttd.output x11-keymap
-    bind|release``, the request as JSON on stdin, the answer as JSON on
-    stdout): Xlib exits the process on a broken display connection.
-    """
-    import ctypes
-    import ctypes.util
-
-    x11 = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
-    dpy_t, keysym_p, int_p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong), ctypes.POINTER(ctypes.c_int)
-    x11.XOpenDisplay.restype, x11.XOpenDisplay.argtypes = dpy_t, [ctypes.c_char_p]
-    x11.XDisplayKeycodes.argtypes = [dpy_t, int_p, int_p]
-    x11.XGetKeyboardMapping.restype = keysym_p
-    x11.XGetKeyboardMapping.argtypes = [dpy_t, ctypes.c_ubyte, ctypes.c_int, int_p]
-    x11.XChangeKeyboardMapping.argtypes = [dpy_t, ctypes.c_int, ctypes.c_int, keysym_p, ctypes.c_int]
-    x11.XSync.argtypes = [dpy_t, ctypes.c_int]
-    x11.XCloseDisplay.argtypes = [dpy_t]
-    x11.XFree.argtypes = [ctypes.c_void_p]
-    handler_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-    ignore = handler_t(lambda display, event: 0)  # a refused change must not end the helper
-    x11.XSetErrorHandler(ignore)
-
-    display = x11.XOpenDisplay(None)
-    if not display:
-        raise OutputError(f"cannot open display {os.environ.get('DISPLAY', '')!r}")
-    try:
-        low, high, per = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        x11.XDisplayKeycodes(display, ctypes.byref(low), ctypes.byref(high))
-        count = high.value - low.value + 1
-        syms = x11.XGetKeyboardMapping(display, low.value, count, ctypes.byref(per))
-        table = {low.value + i: [int(syms[i * per.value + j]) for j in range(per.value)] for i in range(count)}
-        x11.XFree(syms)
-
-        def change(code: int, keysyms: list[int]) -> None:
-            array = (ctypes.c_ulong * len(keysyms))(*keysyms)
-            x11.XChangeKeyboardMapping(display, code, len(keysyms), array, 1)
-
-        bound: list[list[int]] = []
-        present = {sym for row in table.values() for sym in row if sym}
-        if command == "list":
-            return {"keysyms": sorted(present)}
-        if command == "bind":
-            spare = [code for code, row in sorted(table.items()) if not any(row)][:-1]  # one left for xdotool
-            for lower, upper in request["keysyms"]:
-                if lower in present and upper in present:
-                    continue
-                if not spare:
-                    break
-                code = spare.pop(0)
-                change(code, [lower] if lower == upper else [lower, upper])
-                present |= {lower, upper}
-                bound.append([code, lower, upper])
-        elif command == "release":
-            for code, lower, upper in request["bound"]:
-                row = table.get(code, [])
-                if row and row[0] == lower and (lower == upper or row[1] == upper):  # still ours
-                    change(code, [0])
-        else:
-            raise OutputError(f"unknown keymap command {command!r}")
-        x11.XSync(display, 0)
-    finally:
-        x11.XCloseDisplay(display)
-    return {"bound": bound}
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "x11-keymap":
-        print("usage: python -m sttd.output x11-keymap bind|release|list < request.json", file=sys.stderr)
-        return 2
-    try:
-        answer = _x11_keymap(args[1], json.load(sys.stdin))
-    except (OSError, OutputError, ValueError, KeyError, TypeError) as exc:
-        print(f"x11-keymap: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(answer))
-    return 0
+    """``python -m sttd.output x11-keymap bind|release|list``: see :mod:`sttd.x11keymap`."""
+    from .x11keymap import main as keymap_main
+
+    return keymap_main(argv)
 
 
 if __name__ == "__main__":

@@ -420,6 +420,8 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".Engine",
         ".Model",
         ".Profile",
+        ".Output",
+        ".OutputReason",
         ".Shortcuts",
     }
     for name, line in properties.items():
@@ -436,10 +438,11 @@ def test_the_introspection_file_is_what_sttd_exports(clients: Clients) -> None:
         ".Send",
         ".Purge",
         ".ListSources",
+        ".Undo",
         ".ListShortcuts",
     }
     signals = {line.split()[0] for line in table.splitlines() if " signal " in line}
-    assert signals == {".Transcript", ".Triggered", ".Error"}
+    assert signals == {".Transcript", ".Triggered", ".Committed", ".Error"}
 
 
 def test_the_activation_file_names_the_service_and_its_systemd_unit() -> None:
@@ -468,14 +471,17 @@ def test_every_property_reads_the_same_with_every_client(clients: Clients) -> No
         "Engine": "openai",  # an API key is configured
         "Model": "gpt-live-transcribe",  # the default
         "Profile": "",
+        "Output": "none",  # [output] mode = "none", the default
         "Shortcuts": "unavailable (no desktop portal (org.freedesktop.portal.Desktop) on the session bus)",
     }
+    reason = gvariant(clients.gdbus_call(f"{PROPS}.Get", IFACE, "OutputReason").stdout)
+    assert reason == ('[output] mode = "none"',)
     # The shortcuts are looked for once sttd is up: wait until it has found there is no portal.
     wait_until(lambda: clients.busctl_get("Shortcuts") != ["binding"], 10, "the shortcut status")
     assert dict(zip(expected, clients.busctl_get(*expected), strict=True)) == expected
 
     (everything,) = gvariant(clients.gdbus_call(f"{PROPS}.GetAll", IFACE).stdout)
-    assert everything == expected
+    assert everything == {**expected, "OutputReason": reason[0]}
     for name, value in expected.items():
         assert gvariant(clients.gdbus_call(f"{PROPS}.Get", IFACE, name).stdout) == (value,)
 
@@ -822,11 +828,16 @@ def test_sttctl_every_subcommand_and_its_exit_code(tmp_path: Path, sttd: Sttd, c
             "model": "gpt-live-transcribe",
             "price": "$0.017 per minute",
             "profile": "",
+            "output": "none",
+            "output_reason": '[output] mode = "none"',
             "shortcuts": "unavailable (no desktop portal (org.freedesktop.portal.Desktop) on the session bus)",
         }
         text = sttd.ctl("status")
         assert text.returncode == 0 and "state:      idle" in text.stdout
         assert "model:      gpt-live-transcribe ($0.017 per minute)" in text.stdout.splitlines()
+        assert 'output:     none ([output] mode = "none")' in text.stdout.splitlines()
+        nothing = sttd.ctl("undo")
+        assert nothing.returncode == 1 and "nothing that sttd inserted is left to undo" in nothing.stderr
 
         assert sttd.ctl("lang").stdout == "auto\n"
         assert sttd.ctl("lang", "de").returncode == 0

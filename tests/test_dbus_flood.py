@@ -328,6 +328,9 @@ class _Controller:
     def stop(self) -> None:
         pass
 
+    def output(self) -> tuple[str, str]:
+        return "none", '[output] mode = "none"'
+
 
 class _Loop:
     """An event loop in a thread, for exporting the interface while the test acts as the clients."""

@@ -762,8 +762,13 @@ def test_install_puts_everything_in_its_xdg_place_and_uninstall_takes_it_away(tm
     for page in dirs.pages:
         assert page.read_bytes() == (ROOT / "man" / page.name).read_bytes()
         assert page.stat().st_mode & 0o777 == 0o644
-    for exe in ("sttd", "sttctl"):
+    for exe in ("sttd", "sttctl", "sttd-ibus"):
         assert os.readlink(dirs.bin / exe) == str(Path(sys.executable).parent / exe)
+    # The IBus component names that sttd-ibus, where IBUS_COMPONENT_PATH (with IBus's own folder) points.
+    component = dirs.data / "ibus" / "component" / "sttd.xml"
+    assert f"<exec>{dirs.bin / 'sttd-ibus'} --ibus</exec>" in component.read_text()
+    ibus_env = (dirs.home / ".config" / "environment.d" / "60-sttd-ibus.conf").read_text()
+    assert ibus_env == f"IBUS_COMPONENT_PATH={component.parent}:/usr/share/ibus/component\n"
     key = dirs.config / "sttd" / "openai-api-key"
     assert key.read_text() == "sk-install-test-0123456789\n"
     assert key.stat().st_mode & 0o777 == 0o600
@@ -783,7 +788,7 @@ def test_install_puts_everything_in_its_xdg_place_and_uninstall_takes_it_away(tm
 
     out = uninstall(dirs, env=dirs.env(xdg=False)).stdout
     assert "removed" in out
-    for path in [dirs.unit, dirs.activation, *dirs.pages, dirs.bin / "sttd", dirs.bin / "sttctl"]:
+    for path in [dirs.unit, dirs.activation, *dirs.pages, dirs.bin / "sttd", dirs.bin / "sttctl", component]:
         assert not path.exists() and not path.is_symlink(), f"{path} is still there"
     assert key.exists() and config.read_text() == before  # the user's own files stay
     assert Path(sys.executable).exists()  # --python's environment is not the installer's to remove
