@@ -33,7 +33,11 @@ class Fanout:
         self._last_level_at = 0.0
 
     def publish(self) -> None:
-        """Send every queued output where it goes; hooks get final text and triggers only."""
+        """Send every queued output where it goes; hooks get final text and triggers only.
+
+        The D-Bus signals are written to the bus before this returns, so no hook
+        can be started ahead of them.
+        """
         language = self._dictation.language
         said_in = ""  # the utterance a voice trigger in this batch was said in ("" for D-Bus Send/Purge)
         for output in self._dictation.take_outputs():
@@ -50,6 +54,10 @@ class Fanout:
                     self._hooks.submit("send", text, language=language, item_id=said_in)
                 case core.Triggered(name="purge", text=text):
                     self._hooks.submit("purge", text, language=language, item_id=said_in)
+        if self.interface is not None:
+            # Signals go out before any hook starts: the hook worker runs (and forks) only after
+            # this returns to the loop, and by then the bus socket holds every signal of the batch.
+            self.interface.write_now()
 
     def problem(self, code: str, message: str) -> None:
         """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""
