@@ -99,6 +99,8 @@ class Capture:
         self._on_source = on_source
         self._client_name = client_name
         self._worker: Worker | None = None
+        self._recording = False
+        """start() was called and neither pause() nor stop() since."""
         self._generation: object | None = None
         self._starting: asyncio.Future[None] | None = None
         self._source_name = ""
@@ -111,20 +113,21 @@ class Capture:
     async def start(self) -> None:
         """Start recording; returns once the stream records, or raises AudioError.
 
-        Loop thread. A no-op while running. Safe to cancel: the capture thread is stopped.
+        Loop thread. A no-op while running. After :meth:`pause` (or :meth:`warm`)
+        the capture thread's connection is reused, so only a stream is created.
+        Safe to cancel: the capture thread is stopped.
         """
-        if self._worker is not None:
+        if self._worker is not None and self._recording:
             return
         self._starting = started = self._loop.create_future()
         self._generation = generation = object()
-        worker = Worker(
-            source=self._source,
-            chunk_ms=self._chunk_ms,
-            client_name=self._client_name,
-            outlet=self._outlet(generation, started),
-        )
-        self._worker = worker
-        worker.launch()
+        outlet = self._outlet(generation, started)
+        worker = self._worker
+        if worker is not None and worker.thread.is_alive():
+            worker.record(outlet)
+        else:
+            worker = self._launch(outlet)
+        self._recording = True
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await started
@@ -134,6 +137,54 @@ class Capture:
         except BaseException:
             await self.stop()
             raise
+
+    def warm(self) -> None:
+        """Loop thread: connect to the sound server now, without recording, so the next start() is quick.
+
+        The capture thread then sleeps in its poll: no CPU and no wake-ups while idle.
+        A no-op when the thread runs already.
+        """
+        if self._worker is None or not self._worker.thread.is_alive():
+            self._launch(None)
+
+    def _launch(self, outlet: Outlet | None) -> Worker:
+        if self._worker is not None:
+            self._worker.close()
+        worker = Worker(source=self._source, chunk_ms=self._chunk_ms, client_name=self._client_name, outlet=outlet)
+        self._worker = worker
+        worker.launch()
+        return worker
+
+    async def pause(self) -> None:
+        """Stop recording but keep the connection (see :meth:`warm`). Loop thread; idempotent.
+
+        Frames captured before the call are delivered before it returns; none after.
+        A start() still waiting fails with AudioError. Safe to cancel: the thread
+        parks by itself, and nothing it hands over afterwards is delivered.
+        """
+        worker = self._worker
+        if worker is None or not self._recording:
+            return
+        if self._starting is not None and not self._starting.done():
+            self._starting.set_exception(AudioError("the capture was stopped before it recorded"))
+        parked = self._loop.create_future()
+        generation = self._generation
+
+        def resolve() -> None:
+            if not parked.done():
+                parked.set_result(None)
+
+        def done() -> None:  # the capture thread, after its last frame was posted
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                self._loop.call_soon_threadsafe(resolve)
+
+        worker.park(done)
+        try:
+            await parked
+        finally:
+            if self._generation is generation:
+                self._generation, self._starting, self._recording = None, None, False
+                self._source_name = ""
 
     async def stop(self) -> None:
         """Stop the stream and join the capture thread. Loop thread; idempotent.
@@ -153,7 +204,7 @@ class Capture:
         finally:
             if self._worker is worker:
                 self._worker, self._generation, self._starting = None, None, None
-                self._source_name = ""
+                self._source_name, self._recording = "", False
             if not worker.thread.is_alive():
                 worker.close()
 
@@ -174,13 +225,27 @@ class Capture:
             else:
                 started.set_exception(error)
 
+        call, deliver = self._loop.call_soon_threadsafe, self._deliver_frames
+
+        def frames(batch: list[bytes]) -> None:  # every wake-up of the capture thread: the shortest way
+            try:  # noqa: SIM105 (suppress() would cost a call each time)
+                call(deliver, generation, batch)
+            except RuntimeError:  # the loop is closed
+                pass
+
         return Outlet(
-            frame=lambda frame: post(self._on_frame, frame),
+            frames=frames,
             level=(lambda peak: post(self._on_level, peak)) if self._on_level else None,
             problem=lambda message: post(self._on_problem, message),
             source=lambda name: post(self._set_source_name, name),
             started=lambda error: post(start_result, error),
         )
+
+    def _deliver_frames(self, generation: object, batch: list[bytes]) -> None:
+        if generation is self._generation:
+            on_frame = self._on_frame
+            for frame in batch:
+                on_frame(frame)
 
     def _deliver(self, generation: object, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
         """Loop thread: run a callback from the capture thread unless that capture was stopped since."""

@@ -93,6 +93,9 @@ class SourceFollowing:
             return
         error = pa_error(self._pulse)
         if not self._started:
+            if self._find_target() is None:  # the stream is opened before the source is looked up
+                self._close_stream()
+                self._report_missing()
             raise AudioError(f"cannot record from {self._source or 'the default source'}: {error}")
         log.warning("record stream from %s ended: %s", self._device or "the source", error)
         self._close_stream()

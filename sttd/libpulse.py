@@ -83,6 +83,28 @@ _pa_stream_disconnect = _declare("pa_stream_disconnect", _int, _vp)
 _pa_stream_unref = _declare("pa_stream_unref", None, _vp)
 
 
+_pa_mainloop_prepare = _declare("pa_mainloop_prepare", _int, _vp, _int)
+_pa_mainloop_poll = _declare("pa_mainloop_poll", _int, _vp)
+_pa_mainloop_dispatch = _declare("pa_mainloop_dispatch", _int, _vp)
+_pa_mainloop_wakeup = _declare("pa_mainloop_wakeup", None, _vp)
+_pa_mainloop_set_poll_func = _declare("pa_mainloop_set_poll_func", None, _vp, _vp, _vp)
+
+
+def mainloop_prepare(pulse: Any, timeout_us: int) -> bool:
+    """First step of one mainloop iteration (-1: no timeout); False once the loop quit."""
+    return int(_pa_mainloop_prepare(pulse._loop, timeout_us)) >= 0
+
+
+def mainloop_poll_dispatch(pulse: Any) -> bool:
+    """Poll (in C, without the GIL) and dispatch the callbacks; False on error or quit."""
+    return int(_pa_mainloop_poll(pulse._loop)) >= 0 and int(_pa_mainloop_dispatch(pulse._loop)) >= 0
+
+
+def mainloop_wakeup(pulse: Any) -> None:
+    """Any thread: make the mainloop's poll (current or next) return."""
+    _pa_mainloop_wakeup(pulse._loop)
+
+
 def pa_error(pulse: Any) -> str:
     """The last error of a pulsectl connection's context, in libpulse's words."""
     message: bytes | None = _pa_strerror(_pa_context_errno(pulse._ctx))
@@ -123,6 +145,8 @@ def connect(client_name: str, poll: PollFunc | None = None) -> Iterator[Any]:
         except pulsectl.PulseError as exc:
             raise AudioError(f"cannot connect to {server_label()}: {pa_error(pulse)}") from exc
         connecting = False
+        # From here libpulse polls in C: no Python runs per wake-up but the callbacks.
+        _pa_mainloop_set_poll_func(pulse._loop, None, None)
         yield pulse
     finally:
         pulse.close()
