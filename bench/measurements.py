@@ -28,6 +28,9 @@ from .plan import ENGINE_SENTENCES, LEAD_S, MODEL_DIR, START_SENTENCE, log
 from .rig import BaselineClient, Client, Daemon, Rig, SttdClient
 from .stimuli import Stimulus, clicks, speech, voice
 
+MAX_VOICE_LATE_MS = 50.0
+"""A Start run whose voice reached the microphone more than this after Start is rejected (the rig was late)."""
+
 
 def wait_first_audio(rig: Rig, first_session: int, timeout: float, what: str) -> int:
     """Wait until a session opened since ``first_session`` received audio; its index."""
@@ -71,9 +74,10 @@ def streaming(rig: Rig, client: Client, name: str) -> dict[str, Any]:
     player, t_cpu = play(rig.sound.env, talk.path)
     finish(player, talk.seconds + 15)
     wall = time.monotonic() - t_cpu
-    cpu = {k: (run_ns(p) - ns0[k]) / 1e9 / wall * 60 for k, p in pids.items()}
-    ticks = {k: (cpu_seconds(p) - ticks0[k]) / wall * 60 for k, p in pids.items()}
-    main = {k: (run_ns(p, main_only=True) - main0[k]) / 1e9 / wall * 60 for k, p in pids.items()}
+    audio = talk.seconds  # per minute of audio, not of wall time (paplay's start and end are not audio)
+    cpu = {k: (run_ns(p) - ns0[k]) / 1e9 / audio * 60 for k, p in pids.items()}
+    ticks = {k: (cpu_seconds(p) - ticks0[k]) / audio * 60 for k, p in pids.items()}
+    main = {k: (run_ns(p, main_only=True) - main0[k]) / 1e9 / audio * 60 for k, p in pids.items()}
     memory = {k: memory_kb(p) for k, p in pids.items()}
     with rig.observed() as reference:
         rig.settle(0.3)
@@ -113,6 +117,7 @@ def streaming(rig: Rig, client: Client, name: str) -> dict[str, Any]:
         "clicks_received": len(net),
         "frame_ms": summary(frames),
         "cpu_measured_s": round(wall, 1),
+        "cpu_audio_s": round(audio, 1),
         "cpu_s_per_audio_min": round(sum(cpu.values()), 3),
         "cpu_s_per_audio_min_by_process": {k: round(v, 3) for k, v in cpu.items()},
         "cpu_s_per_audio_min_ticks": round(sum(ticks.values()), 3),
@@ -170,11 +175,14 @@ def start_and_stop(rig: Rig, client: Client, delay_ms: int, reps: int) -> dict[s
         finally:
             rig.server.configure(handshake_delay_s=0.0)
 
+    kept = [r for r in runs if not r["rejected"]] or runs  # all rejected (the smoke run): keep them, flagged
     out: dict[str, Any] = {
         "start_to_first_audio_ms": summary([r["start_to_first_audio_ms"] for r in runs]),
         "start_to_recording_ms": summary([r["start_to_recording_ms"] for r in runs]),
-        "speech_lost_at_start_ms": summary([r["lost_at_start_ms"] for r in runs]),
+        "speech_lost_at_start_ms": summary([r["lost_at_start_ms"] for r in kept]),
+        "speech_lost_from_voice_onset_ms": summary([r["lost_from_voice_onset_ms"] for r in kept]),
         "speech_lost_after_start_ms": summary([r["lost_after_start_ms"] for r in runs]),
+        "rejected_runs": sum(1 for r in runs if r["rejected"]),
         "voice_onset_minus_start_ms": summary([r["voice_onset_minus_start_ms"] for r in runs]),
         "runs": runs,
     }
@@ -183,6 +191,7 @@ def start_and_stop(rig: Rig, client: Client, delay_ms: int, reps: int) -> dict[s
         out["stop_to_idle_ms"] = summary([r["stop_to_idle_ms"] for r in runs])
     else:
         out["script_main_to_first_audio_ms"] = summary([r["main_to_first_audio_ms"] for r in runs])
+        out["speech_lost_at_start_from_ready_ms"] = summary([r.get("lost_at_start_from_ready_ms") for r in kept])
     return out
 
 
@@ -198,9 +207,12 @@ def _start_run(
     sessions = rig.sessions_since(first)
     arrivals = [t for s in sessions if (t := rig.server.first_arrival(s)) is not None]
     mask = np.zeros(max(0, until - onset), dtype=bool)
+    at_start = timeline.position_at(t_start)
+    since_start = np.zeros(max(0, until - at_start), dtype=bool)
     recording = None
     for pieces in rig.pieces(sessions, reference, base).values():
         mask |= covered(pieces, onset, until)
+        since_start |= covered(pieces, at_start, until)
         if pieces and recording is None:
             recording = timeline.entered_at(pieces[0].r0 - pieces[0].s0)  # the session's first sample
     if mask.any():
@@ -208,12 +220,18 @@ def _start_run(
         lost_at_start, lost_after = ms(got), ms(int((~mask[got:]).sum()))
     else:
         lost_at_start, lost_after = ms(len(mask)), 0.0
+    first_held = at_start + int(np.argmax(since_start)) if since_start.any() else until
+    voice_late_ms = (timeline.entered_at(onset) - t_start) * 1000
     run: dict[str, Any] = {
         "start_to_first_audio_ms": round((min(arrivals) - t_start) * 1000, 1) if arrivals else None,
         "start_to_recording_ms": round((recording - t_start) * 1000, 1) if recording is not None else None,
-        "lost_at_start_ms": round(lost_at_start, 1),
+        # From Start, not from the voice onset (whose offset from Start varies by several ms):
+        # what of the microphone's stream from the Start instant on no session holds, up to the first held sample.
+        "lost_at_start_ms": round(ms(first_held - at_start), 1),
+        "lost_from_voice_onset_ms": round(lost_at_start, 1),
         "lost_after_start_ms": round(lost_after, 1),
-        "voice_onset_minus_start_ms": round((timeline.entered_at(onset) - t_start) * 1000, 1),
+        "voice_onset_minus_start_ms": round(voice_late_ms, 1),
+        "rejected": voice_late_ms > MAX_VOICE_LATE_MS,
         "sessions": len(sessions),
     }
     if isinstance(client, SttdClient):
@@ -222,8 +240,15 @@ def _start_run(
         run["stop_to_final_ms"] = round((finals[0]["t"] - t_stop) * 1000, 1) if finals else None
         run["stop_to_idle_ms"] = round((idles[0]["t"] - t_stop) * 1000, 1) if idles else None
     elif isinstance(client, BaselineClient):
+        # The baselines' own ready point (their code starts; interpreter and imports left out), beside the launch.
         main = client.main_time()
         run["main_to_first_audio_ms"] = round((min(arrivals) - main) * 1000, 1) if arrivals and main else None
+        if main is not None:
+            at_ready = timeline.position_at(main)
+            held = np.zeros(max(0, until - at_ready), dtype=bool)
+            for pieces in rig.pieces(sessions, reference, base).values():
+                held |= covered(pieces, at_ready, until)
+            run["lost_at_start_from_ready_ms"] = round(ms(int(np.argmax(held)) if held.any() else len(held)), 1)
     return run
 
 
@@ -261,17 +286,55 @@ def drop(rig: Rig, client: Client) -> dict[str, Any]:
         window, base = rig.window(r_lo - RATE)
     p0 = rig.locate(stim, window, base)
     sessions = rig.sessions_since(first)
+
+    def transcribed() -> list[Any]:
+        return [u for u in rig.server.turns() if u.session in sessions]
+
+    with contextlib.suppress(TimeoutError):  # the last turn's transcript may still be on its way
+        wait_for(lambda: all(u.done for u in transcribed()), 5, f"{client.label}'s turns to be transcribed")
+    pieces = rig.pieces(sessions, window, base)
+    held = np.zeros(len(stim.samples), dtype=bool)
     mask = np.zeros(len(stim.samples), dtype=bool)
-    for pieces in rig.pieces(sessions, window, base).values():
-        mask |= covered(pieces, p0, p0 + len(stim.samples))
+    for s, found in pieces.items():
+        held |= covered(found, p0, p0 + len(stim.samples))
+        # Only audio in a turn the server transcribed counts: what an aborted session held is lost.
+        for turn in transcribed():
+            if turn.session == s and turn.done and not turn.failed:
+                lo, hi = turn.audio_start_ms * RATE // 1000, turn.audio_end_ms * RATE // 1000
+                mask |= covered(_clip(found, lo, hi), p0, p0 + len(stim.samples))
+    voiced = _voice_mask(parts, len(stim.samples))
     later = [t for s in sessions[1:] if (t := rig.server.first_arrival(s)) is not None]
     return {
-        "audio_lost_ms": round(ms(int((~mask).sum())), 1),
+        "audio_lost_ms": round(ms(int((voiced & ~mask).sum())), 1),
+        "audio_lost_at_server_ms": round(ms(int((voiced & ~held).sum())), 1),
+        "voice_played_ms": round(ms(int(voiced.sum())), 1),
         "played_ms": round(ms(len(mask)), 1),
         "sessions": len(sessions),
         "drop_to_audio_again_ms": round((min(later) - t_dropped) * 1000, 1) if later else None,
         "final_transcripts": client.transcripts(t_launch),
     }
+
+
+def _clip(pieces: list[Any], lo: int, hi: int) -> list[Any]:
+    """The parts of a session's pieces that lie in session samples [lo, hi)."""
+    clipped = []
+    for p in pieces:
+        a, b = max(p.s0, lo), min(p.s1, hi)
+        if a < b:
+            clipped.append(type(p)(a, b, p.r0 + a - p.s0))
+    return clipped
+
+
+def _voice_mask(parts: list[str | float], n: int) -> np.ndarray:
+    """Which samples of a :func:`speech` stimulus are a sentence (the pauses and the noise floor are not)."""
+    mask = np.zeros(n, dtype=bool)
+    at = 0
+    for part in parts:
+        length = len(voice(part)) if isinstance(part, str) else int(part * RATE)
+        if isinstance(part, str):
+            mask[at : at + length] = True
+        at += length
+    return mask
 
 
 # --------------------------------------------------------------------------- 4. transcripts: D-Bus signal, hook

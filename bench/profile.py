@@ -56,7 +56,9 @@ def threads(pid: int) -> dict[str, tuple[int, int, int]]:
     return found
 
 
-def profile(seconds: float, chunk_ms: int, py_spy: Path | None, native: bool, perf: Path | None = None) -> dict[str, Any]:
+def profile(
+    seconds: float, chunk_ms: int, py_spy: Path | None, native: bool, perf: Path | None = None
+) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="sttd-profile-", dir="/tmp"))
     rig = Rig(SMOKE, directory)
     try:

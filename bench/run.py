@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -87,7 +88,7 @@ def _meta(plan: Plan) -> dict[str, Any]:
     }
 
 
-def run(plan: Plan, keep: bool = False) -> Results:
+def run(plan: Plan, keep: bool = False, with_engine: bool = True) -> Results:
     """The whole benchmark; the work directory (logs, wavs) is removed unless ``keep`` or a failure."""
     results = Results(_meta(plan))
     started = time.monotonic()
@@ -139,8 +140,9 @@ def run(plan: Plan, keep: bool = False) -> Results:
                 daemon.reload(chunk_ms=chunk)
                 results.chunk_ms[str(chunk)] = streaming(rig, sttd, f"sttd-{chunk}ms")
         daemon.terminate()
-        with phase("engine"):
-            results.engine = engine(rig)
+        if with_engine:  # the offline engine's figures have no goal: measured in the first run only
+            with phase("engine"):
+                results.engine = engine(rig)
         results.meta["protocol_violations"] = rig.server.violations
     except BaseException:
         log(f"failed; logs and recordings are in {directory}")
@@ -180,17 +182,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny durations, one repetition (for CI: seconds)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the results go")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, recordings) in /tmp")
+    parser.add_argument("--runs", type=int, help="whole runs; every goal counts its worst (default 3, smoke 1)")
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Launched in the background (`python -m bench &`): SIGINT is ignored, and the baselines
+        # would inherit that and sit out every stop until they are killed. They get the default back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     plan = SMOKE if args.smoke else FULL
-    results = run(plan, keep=args.keep)
+    runs = args.runs or (1 if plan.smoke else 3)
+    all_results = []
+    for n in range(runs):
+        log(f"run {n + 1} of {runs}")
+        all_results.append(run(plan, keep=args.keep, with_engine=n == 0))
+    results = all_results[0]
+    per_run = [r.goals for r in all_results]
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = asdict(results)
+    data["goals"] = report.combined(per_run)
+    data["other_runs"] = [asdict(r) for r in all_results[1:]]
+    data["meta"]["runs"] = runs
+    data["meta"]["duration_s"] = round(sum(r.meta["duration_s"] for r in all_results), 1)
     json_path = args.out / f"{stamp}-{plan_name(plan)}.json"
     json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     md_path = args.out / ("latest.md" if not plan.smoke else "smoke.md")
     md_path.write_text(report.markdown(data), encoding="utf-8")
-    log(f"wrote {json_path} and {md_path} in {results.meta['duration_s']} s")
+    log(f"wrote {json_path} and {md_path} in {data['meta']['duration_s']} s")
     return 0
 
 
