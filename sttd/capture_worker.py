@@ -135,6 +135,7 @@ class Worker(SourceFollowing):
         self._commanded = outlet is not None
         self._woken: Any = None
         self._recording = False
+        self._subscribed = False
         self._pulse: Any = None
         self._stream: RecordStream | None = None
         self._dirty = False
@@ -230,17 +231,14 @@ class Worker(SourceFollowing):
             pulse.event_callback_set(self._on_event)
             with self._lock:
                 self._woken = pulse
-            subscribed = False
+            self._subscribed = False
             try:
                 if self._recording:  # reconnected while recording
                     self._open_stream(self._source)
                     self._dirty = True
                 while not self._stopping.is_set():
                     self._take_command()
-                    if self._recording != subscribed:
-                        # Only while recording: other programs' streams must not wake a parked sttd.
-                        pulse.event_mask_set(*(("server", "source", "source_output") if self._recording else ("null",)))
-                        subscribed = self._recording
+                    self._subscribe(self._recording)
                     if self._dirty and self._recording:
                         self._reconcile()
                     elif not self._recording:
@@ -252,6 +250,12 @@ class Worker(SourceFollowing):
                 self._close_stream()
                 self._hand_over()
                 self._pulse = None
+
+    def _subscribe(self, wanted: bool) -> None:
+        """Device events only while recording: other programs' streams must not wake a parked sttd."""
+        if wanted != self._subscribed:
+            self._pulse.event_mask_set(*(("server", "source", "source_output") if wanted else ("null",)))
+            self._subscribed = wanted
 
     def _take_command(self) -> None:
         """Start or end recording as the loop thread asked."""
@@ -272,6 +276,7 @@ class Worker(SourceFollowing):
             self._close_stream()
             self._hand_over()  # the last frames go out before the park is confirmed
             self._recording, self._started, self._out = False, False, _NOWHERE
+            self._subscribe(False)  # before the confirmation: from then on nothing wakes the thread
         if on_parked is not None:
             on_parked()
 
