@@ -92,11 +92,13 @@ class TimedServer(FakeRealtimeServer):
                 self._arrivals.append(Arrival(t, s.index, before, after))
 
     async def _send(self, s: Any, event: dict[str, Any]) -> None:
-        await super()._send(s, event)
+        # Stamped before the send: the time the server spends sending is part of what sttd is timed for,
+        # never taken off it (a stamp after the send would hide a slow server write behind it).
         if event.get("type") == COMPLETED:
             stamp = (time.monotonic(), time.time())
             with self._cond:
                 self._completions[event["item_id"]] = stamp
+        await super()._send(s, event)
 
     def arrivals(self, session: int) -> list[Arrival]:
         with self._cond:

@@ -72,7 +72,7 @@ from tests.realtime_server import FakeRealtimeServer
 from tests.sound import SoundServer, speech_wav
 
 from .harness import REPO, children, memory_kb
-from .run import ENGINE_SENTENCES
+from .plan import ENGINE_SENTENCES
 
 SENTENCES = ENGINE_SENTENCES
 DISRUPTIONS = (

@@ -137,6 +137,16 @@ class Bus(MessageBus):
             return False
         return True
 
+    def write_now(self) -> None:
+        """Write what is queued to the socket now, instead of when the event loop next polls it.
+
+        Whatever the loop runs next (a hook's fork and exec, which block it for
+        a millisecond or more) then comes after the signals already sent.
+        A full socket buffer keeps the rest queued for the loop, as usual.
+        """
+        if not self._disconnected and self.unique_name:  # before Hello, dbus-next holds messages back
+            self._writer.write_callback()
+
     def send(self, msg: Message) -> asyncio.Future[None]:
         if self._disconnected:
             # Nobody can receive it; a reply or signal to a gone bus is not an error worth a traceback.

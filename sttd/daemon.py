@@ -114,6 +114,7 @@ class Daemon:
                     loop.add_signal_handler(sig, self._shutdown.set)
                 loop.add_signal_handler(signal.SIGHUP, self.reload)
                 self._apply_engine()
+                self._microphone.warm()  # so that a Start only opens a stream
                 watchdog = None
                 if self._notifier.watchdog_interval_s:
                     watchdog = tg.create_task(self._watchdog(self._notifier.watchdog_interval_s))

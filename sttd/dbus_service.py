@@ -511,6 +511,12 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
             case core.ProfileChanged(profile):
                 self.emit_properties_changed({"Profile": profile})
 
+    def write_now(self) -> None:
+        """Put the signals and changes announced so far on the bus before the loop runs anything else."""
+        for bus in list(ServiceInterface._get_buses(self)):
+            if isinstance(bus, Bus):
+                bus.write_now()
+
     def set_level(self, level: float) -> None:
         """The daemon rate-limits this to at most 10 updates a second while listening."""
         level = float(level)

@@ -43,7 +43,11 @@ class Fanout:
         self._last_level_at = 0.0
 
     def publish(self) -> None:
-        """Send every queued output where it goes; hooks get final text and triggers only."""
+        """Send every queued output where it goes; hooks get final text and triggers only.
+
+        The D-Bus signals are written to the bus before this returns, so no hook
+        can be started ahead of them.
+        """
         language = self._dictation.language
         said_in = ""  # the utterance a voice trigger in this batch was said in ("" for D-Bus Send/Purge)
         for output in self._dictation.take_outputs():
@@ -72,6 +76,10 @@ class Fanout:
                     # A voice "scratch that": the window loses the text too, where the output can take it back.
                     if self._on_action is not None:
                         self._on_action("undo", text)
+        if self.interface is not None:
+            # Signals go out before any hook starts: the hook worker runs (and forks) only after
+            # this returns to the loop, and by then the bus socket holds every signal of the batch.
+            self.interface.write_now()
 
     def problem(self, code: str, message: str) -> None:
         """A hook or the built-in output failed (already logged): the Error signal and LastError tell the user."""

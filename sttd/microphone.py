@@ -59,14 +59,28 @@ class Microphone:
     def source_name(self) -> str:
         return self._capture.source_name if self._capture is not None else ""
 
+    def warm(self) -> None:
+        """Connect to the sound server now, recording nothing, so that Start only has to open a stream.
+
+        Event loop only. Idle costs nothing: the capture thread sleeps in its poll.
+        """
+        if self._capture is None:
+            self._capture = self._new_capture()
+        self._capture.warm()
+
     async def open(self) -> None:
         """Start recording if not already; raises :class:`~sttd.errors.AudioError`. Safe to cancel."""
         async with self._opening:
             if self._capture is None:
-                await self._open()
+                self._capture = self._new_capture()
+            try:
+                await self._capture.start()  # a no-op while recording
+            except BaseException:
+                self._capture = None  # start() stopped its thread
+                raise
 
-    async def _open(self) -> None:
-        capture = audio.Capture(
+    def _new_capture(self) -> audio.Capture:
+        return audio.Capture(
             source=self._config.source,
             chunk_ms=self._config.chunk_ms,
             loop=asyncio.get_running_loop(),
@@ -75,8 +89,6 @@ class Microphone:
             on_level=self._on_level,
             on_source=self._on_source,
         )
-        await capture.start()
-        self._capture = capture
 
     def hold(self) -> None:
         """Keep every frame from now on until :meth:`attach`: Start has begun, the session is not ready.
@@ -102,11 +114,17 @@ class Microphone:
         Closes the stream unless pre-roll keeps it open.
         """
         if not self.keeps_open:
-            await self.close()  # delivers every frame captured before it returns
+            await self.pause()  # delivers every frame captured before it returns
         # Stopped before the session existed? What was held waits for attach();
         # nothing captured from now on belongs to this dictation.
         self._sink = None
         self._detached = True
+
+    async def pause(self) -> None:
+        """Close the stream but keep the connection to the sound server (see :meth:`warm`)."""
+        async with self._opening:
+            if self._capture is not None:
+                await self._capture.pause()
 
     async def close(self) -> None:
         async with self._opening:  # an open in progress finishes first, then is closed
@@ -123,6 +141,8 @@ class Microphone:
             await self.close()
             if self.keeps_open:
                 await self.open()
+            else:
+                self.warm()
 
     def _frame(self, pcm: bytes) -> None:
         if self._sink is not None:

@@ -36,6 +36,7 @@ from .ledger import AudioLedger
 from .reconnect import EXCERPT_CHARS, Retry, backoff, classify
 from .redact import excerpt
 from .vad import SpeechStarted, SpeechStopped, VadSettings, VoiceDetector
+from .wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class RealtimeSession:
         self._use_settings(options.settings, detector)
         self._phase = _Phase.RUNNING
         self._finish_by = float("inf")
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()  # the sender sleeps on it: no task and timer per frame
         self._cancelled = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._update_id: str | None = None
@@ -426,7 +427,7 @@ class RealtimeSession:
             while (frame := self._ledger.next_frame()) is not None:
                 # If the connection dies during this send, the frame stays queued for the next one.
                 if isinstance(frame, bytes):
-                    await ws.send(json.dumps(self._events.append(frame)))
+                    await ws.send(self._events.append_json(frame), text=True)  # bytes: no encode
                 elif self._ledger.uncommitted_ms >= p.MIN_COMMIT_MS:  # the service refuses less
                     await self._commit(ws)
                 self._ledger.sent(time.monotonic())
@@ -443,8 +444,7 @@ class RealtimeSession:
                 raise Retry("session rollover before the service's time limit", counts=False, planned=True)
             self._wake.clear()
             timeout = flush.next_check() if flush else 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self._wake.wait(timeout)
 
     async def _commit(self, ws: ClientConnection) -> None:
         logger.debug("committing %d ms of audio", self._ledger.uncommitted_ms)

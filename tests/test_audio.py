@@ -393,3 +393,46 @@ def _module_of(server: SoundServer, source: str) -> int:
         if name == "module-remap-source" and f"source_name={source}" in args:
             return int(index)
     raise AssertionError(f"no module makes {source}")
+
+
+def _switches(thread: threading.Thread) -> int:
+    """Context switches of a thread so far: how often it was woken."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt_switches"))
+
+
+def test_a_paused_capture_stays_connected_sleeps_and_records_again(pulse_server: SoundServer, tmp_path: Path) -> None:
+    """warm()/pause() keep the connection (Start then only opens a stream); parked, the thread is never woken."""
+    wav = speech_wav("one two three four five six seven eight nine ten", tmp_path / "count.wav")
+
+    async def main() -> None:
+        rec = Recorder()
+        capture = Capture(source="", chunk_ms=20, loop=asyncio.get_running_loop(), on_frame=rec.on_frame)
+        capture.warm()
+        await in_thread(wait_until, lambda: "sttd" in pulse_server.clients(), 5, "the warm connection")
+        assert pulse_server.source_outputs() == []  # connected, not recording
+        (thread,) = capture_threads()
+        player = pulse_server.play(wav, wait=False)
+        try:
+            for _ in range(2):
+                await capture.start()
+                await until(partial(rec.has_frames, len(rec.frames) + 10), 5, "frames")
+                assert len(pulse_server.source_outputs()) == 1
+                await capture.pause()
+                count = len(rec.frames)
+                await in_thread(wait_until, lambda: pulse_server.source_outputs() == [], 5, "the stream to close")
+                woken = _switches(thread)
+                # Other clients come and go (each pactl) while sttd is parked: nothing of it wakes the thread.
+                for _ in range(3):
+                    assert "sttd" in pulse_server.clients() and pulse_server.source_outputs() == []
+                assert _switches(thread) == woken
+                assert capture.source_name == ""
+                assert len(rec.frames) == count  # nothing after pause() returned
+                assert capture_threads() == [thread]
+        finally:
+            player.kill()
+        await capture.stop()
+        assert not capture_threads()
+
+    run(main())
+    wait_until(lambda: "sttd" not in pulse_server.clients(), 5, "the server to drop the sttd client")

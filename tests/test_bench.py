@@ -48,7 +48,7 @@ def test_the_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     assert data["meta"]["protocol_violations"] == []
 
     table = (tmp_path / "smoke.md").read_text()
-    assert "| goal | sttd | met |" in table
+    assert "| goal | sttd, each run | worst | met |" in table
     assert "openai ÷ sttd" in table
 
 
