@@ -364,6 +364,10 @@ def test_bad_requests_get_error_events_with_the_services_codes(engine: RunningEn
         assert (error["code"], error["param"]) == ("invalid_value", "session.audio.input.transcription.language")
         error = await refused(update({}, "evt_unknown_key", voice="alloy"))
         assert (error["code"], error["param"]) == ("unknown_parameter", "session.voice")
+        realtime = {"type": "session.update", "event_id": "evt_realtime", "session": {"type": "realtime"}}
+        error = await refused(realtime)
+        assert (error["code"], error["event_id"]) == ("invalid_parameter", "evt_realtime")
+        assert error["message"] == "Passing a realtime session update event to a transcription session is not allowed."
         error = await refused("{not json")
         assert error["code"] == "invalid_json"
         error = await refused({"type": "input_audio_buffer.append", "event_id": "evt_audio", "audio": "**"})
@@ -377,7 +381,7 @@ def test_bad_requests_get_error_events_with_the_services_codes(engine: RunningEn
         await c.next(lambda e: e["type"] == "input_audio_buffer.cleared")
 
     c = session(engine, body)
-    assert len(c.of("error")) == 10
+    assert len(c.of("error")) == 11
 
 
 def test_each_model_name_gets_the_services_rules_and_a_refused_update_changes_nothing(engine: RunningEngine) -> None:
@@ -587,6 +591,21 @@ def test_the_handshake_wants_the_engines_key_path_and_the_services_shape(engine:
         assert (status, error["code"], error["type"]) == (400, "beta_api_removed", "invalid_request_error")
 
     asyncio.run(main())
+
+
+def test_a_client_commit_right_after_the_vads_commit_is_too_small(engine: RunningEngine) -> None:
+    async def body(c: Client) -> None:
+        await c.update(language="en")
+        # Well over the 300 ms of prefix padding the buffer keeps after the turn.
+        await c.append(np.concatenate([silence(0.5), speech(SENTENCES[1]), silence(1.5)]))
+        await c.turns_done(1)
+        await c.send({"type": "input_audio_buffer.commit", "event_id": "evt_late"})
+        error = (await c.next(lambda e: e["type"] == "error"))["error"]
+        assert (error["code"], error["event_id"]) == ("input_audio_buffer_commit_empty", "evt_late")
+        assert await c.quiet(0.5) == []  # no empty turn of the padding
+
+    c = session(engine, body)
+    assert len(c.of("input_audio_buffer.committed")) == 1
 
 
 def test_the_engine_also_listens_on_its_unix_socket(engine: RunningEngine) -> None:

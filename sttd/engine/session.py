@@ -278,7 +278,7 @@ class Session:
             logger.warning("session %s: the uncommitted buffer is full; dropping its oldest audio", self.id)
 
     async def commit(self) -> None:
-        buffered = self.buffer.buffered_ms
+        buffered = self.buffer.committable_ms
         if buffered < MIN_COMMIT_MS:
             raise EventRefused(
                 "input_audio_buffer_commit_empty",
