@@ -162,7 +162,10 @@ def engine(model_dir: Path) -> Iterator[RunningEngine]:
     sock = str(sock_dir / "engine.sock")
 
     async def body(stop: asyncio.Event, ready: Callable[[Any], None]) -> None:
-        async with EngineProcess(LocalConfig(model=str(model_dir)), log_level="DEBUG", unix_socket=sock) as ep:
+        process = EngineProcess(
+            LocalConfig(model=str(model_dir)), log_level="DEBUG", unix_socket=sock, listen="127.0.0.1:0"
+        )
+        async with process as ep:
             ready(ep)
             await stop.wait()
 

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .download import cached_path, missing_model_message
+
 logger = logging.getLogger(__name__)
 
 BEAM_SIZE = 5
@@ -162,6 +164,11 @@ class Transcriber:
             )
         except Exception as exc:  # anything the loader raises: a missing file, no network, a bad compute type
             self.load_error = f"cannot load the model {s.model!r}: {exc.__class__.__name__}: {exc}"
+            if not os.path.isdir(os.path.expanduser(s.model)) and cached_path(s.model) is None:
+                # Not on this machine and the loader could not fetch it (offline, or HF_HUB_OFFLINE):
+                # say what is missing and the command that fixes it, not the hub client's exception.
+                logger.debug("%s", self.load_error)
+                self.load_error = missing_model_message(s.model)
             logger.error("%s", self.load_error)
             raise ModelUnavailableError(self.load_error) from None
         self._model = model
