@@ -23,7 +23,7 @@ from typing import Any
 from dbus_next import BusType, DBusError, Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from . import __version__
+from . import __version__, modelctl
 from .dbus_service import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, PROPERTIES
 from .models import model_info
 from .redact import redact
@@ -68,6 +68,7 @@ COMMANDS = [
     ("disable", "refuse dictation until enabled (persisted)"),
     ("listen", "print transcripts as they arrive, until interrupted"),
     ("devices", "list the capture sources (* marks the default)"),
+    ("model", "download or list the offline engine's models (works without sttd)"),
 ]
 # Commands that may start the daemon through bus activation.
 AUTOSTART = {"start", "toggle", "enable", "disable"}
@@ -135,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
     parsers["lang"].add_argument("code", nargs="?", help="e.g. en, de; '' for automatic")
     parsers["listen"].add_argument("--json", action="store_true", help="one JSON object per line, every event")
+    modelctl.add_arguments(parsers["model"])
     return parser
 
 
@@ -338,6 +340,8 @@ def _text_printer(event: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # usage errors exit 2
+    if args.command == "model":  # the model cache, not the daemon
+        return modelctl.run(args)
     try:
         return asyncio.run(_run(args))
     except Unreachable as exc:

@@ -1,0 +1,189 @@
+"""The offline engine as a user meets it: its model fetched with progress, its private socket, a missing model.
+
+The model download runs against :class:`tests.hub_server.HubServer`, a
+Hugging Face Hub on 127.0.0.1 serving the test's Whisper base files, found
+through the hub client's documented ``HF_ENDPOINT``; the cache is the test's
+own ``HF_HOME``. There is no network here: a model that is not cached cannot
+be fetched, which is what the daemon test relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sttd.engine.download import missing_model_message
+
+from .bus import SessionBus, wait_until
+from .daemon import Sttd, command
+from .hub_server import HubServer
+from .sound import SoundServer
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = Path(os.environ.get("STTD_TEST_MODEL", REPO / ".cache" / "whisper-base"))
+REPO_ID = "Systran/faster-whisper-base"  # what faster-whisper's loader fetches for "base"
+
+
+@pytest.fixture
+def hub_env(tmp_path: Path) -> dict[str, str]:
+    """A private Hugging Face cache, online (the hub is whatever HF_ENDPOINT the test sets)."""
+    if not (MODEL_DIR / "model.bin").exists():
+        pytest.fail(f"no test model in {MODEL_DIR}: run scripts/fetch-test-model (scripts/test does)")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_ENDPOINT"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.fixture
+def hub() -> Iterator[HubServer]:
+    with HubServer(REPO_ID, MODEL_DIR, chunk_delay_s=0.002).running() as server:
+        yield server
+
+
+def test_download_shows_percent_lines_then_the_engine_loads_the_model_offline(
+    hub: HubServer, hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**hub_env, "HF_ENDPOINT": hub.url}
+    done = subprocess.run(
+        [command("sttd-engine"), "download", "base"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    percents = [int(m) for m in re.findall(r"^download base: (\d+)% \(", done.stderr, re.MULTILINE)]
+    assert len(percents) >= 5 and percents == sorted(percents) and percents[-1] == 100, done.stderr
+    assert "\r" not in done.stderr  # not a terminal: lines, no bar redrawn in place
+    where = Path(done.stdout.strip())
+    assert where.is_relative_to(tmp_path / "hf") and (where / "model.bin").stat().st_size == (
+        (MODEL_DIR / "model.bin").stat().st_size
+    )
+    assert ("GET", f"/{REPO_ID}/resolve/0123456789abcdef0123456789abcdef01234567/model.bin") in hub.requests
+
+    # Offline now, by name: the engine finds what download fetched.
+    sock = Path(tempfile.mkdtemp(prefix="sttd-", dir="/tmp")) / "engine.sock"
+    offline = {**hub_env, "HF_HUB_OFFLINE": "1"}
+    engine = subprocess.Popen(
+        [command("sttd-engine"), "--model", "base", "--unix", str(sock), "--exit-with-stdin"],
+        env=offline,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert engine.stdout is not None and engine.stdin is not None
+        ready = json.loads(engine.stdout.readline())
+        assert ready["unix_socket"] == str(sock)
+        assert json.loads(engine.stdout.readline()) == {"model": "loaded"}
+    finally:
+        engine.terminate()
+        engine.wait(15)
+        sock.parent.rmdir()
+
+
+def test_sttctl_model_download_on_a_terminal_draws_a_bar_and_list_shows_where_it_went(
+    hub: HubServer, hub_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**hub_env, "HF_ENDPOINT": hub.url, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    (tmp_path / "config" / "sttd").mkdir(parents=True)
+    (tmp_path / "config" / "sttd" / "config.toml").write_text('[local]\nmodel = "base"\n', encoding="utf-8")
+    before = subprocess.run([command("sttctl"), "model", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert re.search(r"^\* base +not downloaded$", before.stdout, re.MULTILINE), before.stdout
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [command("sttctl"), "model", "download"],  # the configured model
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            timeout=120,
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert done.returncode == 0, shown
+    text = shown.decode(errors="replace")
+    assert "\rdownload base: [" in text and "] 100% (" in text, text
+    assert text.count("\r") >= 5  # redrawn in place as it goes
+    where = done.stdout.decode().strip()
+    assert where.startswith(str(tmp_path / "hf"))
+    after = subprocess.run([command("sttctl"), "model", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert f"* base                 {where}\n" in after.stdout, after.stdout
+
+
+def test_download_of_an_unknown_name_says_which_names_exist(hub_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [command("sttd-engine"), "download", "bsae.en"], env=hub_env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("sttd-engine download: unknown model 'bsae.en': use one of ") and "base.en" in (
+        done.stderr
+    )
+
+
+def test_sttd_runs_its_engine_on_a_private_socket_and_names_a_missing_model_and_its_fix(
+    tmp_path: Path, hub_env: dict[str, str], session_bus: SessionBus, pulse_server: SoundServer
+) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: a unix socket path has 107 bytes
+    config = tmp_path / "config.toml"
+    config.write_text('[realtime]\nengine = "local"\n\n[local]\nmodel = "base"\n', encoding="utf-8")
+    env = {
+        **hub_env,
+        **session_bus.env(),
+        "PULSE_SERVER": pulse_server.server,
+        "OPENAI_API_KEY": "",
+        "XDG_RUNTIME_DIR": str(runtime),
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there: the model cannot be fetched
+    }
+    daemon = Sttd(tmp_path, env, config)
+    try:
+        daemon.wait_ready(30)
+        match = None
+
+        def engine_listening() -> bool:
+            nonlocal match
+            match = re.search(r"local engine (\d+) listening on", daemon.log)
+            return match is not None
+
+        wait_until(engine_listening, 60, "the local engine to listen")
+        assert match is not None
+        pid = int(match.group(1))
+        private = runtime / "sttd"
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert stat.S_ISSOCK((private / "engine.sock").stat().st_mode)
+        listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+        assert f"pid={pid}," not in listening, listening  # no TCP port at all
+
+        assert daemon.ctl("start").returncode == 0
+        daemon.wait_state("error", 60)
+        expected = missing_model_message("base")
+        status = daemon.status()
+        assert status["last_error"] == expected
+        assert f"last error: {expected}\n" in daemon.ctl("status").stdout
+        assert expected in daemon.log  # the journal has the same sentence
+        assert "sttd-engine download base" in expected
+    finally:
+        daemon.kill()
+        for leftover in sorted(runtime.rglob("*"), reverse=True):
+            leftover.unlink() if not leftover.is_dir() else leftover.rmdir()
+        runtime.rmdir()
