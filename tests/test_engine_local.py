@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sttd.engine.download import missing_model_message
+from sttd.engine.transcriber import ModelUnavailableError, choose_device, cuda_device_count
 
 from .bus import SessionBus, wait_until
 from .daemon import Sttd, command
@@ -187,3 +188,14 @@ def test_sttd_runs_its_engine_on_a_private_socket_and_names_a_missing_model_and_
         for leftover in sorted(runtime.rglob("*"), reverse=True):
             leftover.unlink() if not leftover.is_dir() else leftover.rmdir()
         runtime.rmdir()
+
+
+def test_device_auto_takes_cuda_when_ctranslate2_finds_it_else_the_cpu() -> None:
+    assert choose_device("auto", "int8", 0) == ("cpu", "int8")
+    assert choose_device("auto", "int8", 1) == ("cuda", "int8_float16")
+    assert choose_device("auto", "float16", 2) == ("cuda", "float16")  # an explicit choice is kept
+    assert choose_device("cuda", "int8", 1) == ("cuda", "int8_float16")
+    assert choose_device("cpu", "int8", 4) == ("cpu", "int8")  # the CPU when asked, whatever is there
+    with pytest.raises(ModelUnavailableError, match=r'device = "cuda": CTranslate2 finds no CUDA device'):
+        choose_device("cuda", "int8", 0)
+    assert cuda_device_count() == 0  # this machine has none: "auto" is the CPU here

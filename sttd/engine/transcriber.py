@@ -77,6 +77,38 @@ class ModelSettings:
         return os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else self.model
 
 
+def choose_device(device: str, compute_type: str, cuda_devices: int) -> tuple[str, str]:
+    """``(device, compute_type)`` to load the model with, for ``[local] device`` and the CUDA devices found.
+
+    ``auto`` takes CUDA when CTranslate2 finds a device, else the CPU. On
+    CUDA the CPU's default ``int8`` becomes ``int8_float16`` (int8 weights,
+    float16 arithmetic: what GPUs are fast at); any other compute type is
+    kept as configured. ``cuda`` without a device is refused with a reason
+    rather than left to CTranslate2's error. No I/O: the count is passed in.
+    """
+    if device == "auto":
+        device = "cuda" if cuda_devices > 0 else "cpu"
+    if device == "cuda":
+        if cuda_devices <= 0:
+            raise ModelUnavailableError(
+                'cannot use [local] device = "cuda": CTranslate2 finds no CUDA device '
+                '(use "auto" to fall back to the CPU)'
+            )
+        if compute_type == "int8":
+            compute_type = "int8_float16"
+    return device, compute_type
+
+
+def cuda_device_count() -> int:
+    """CUDA devices CTranslate2 can use (0 when it was built without CUDA or finds no driver)."""
+    try:
+        import ctranslate2  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:  # no CUDA runtime: the CPU it is
+        return 0
+
+
 @dataclass(frozen=True)
 class Request:
     """One committed turn to transcribe (or, with ``draft``, the audio so far of one in progress)."""
@@ -155,10 +187,11 @@ class Transcriber:
         try:
             from faster_whisper import WhisperModel  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+            device, compute_type = choose_device(s.device, s.compute_type, cuda_device_count())
             model = WhisperModel(
                 os.path.expanduser(s.model),
-                device=s.device,
-                compute_type=s.compute_type,
+                device=device,
+                compute_type=compute_type,
                 cpu_threads=threads,
                 num_workers=1,
             )
@@ -181,8 +214,8 @@ class Transcriber:
             s.name,
             loaded - started,
             time.monotonic() - loaded,
-            s.device,
-            s.compute_type,
+            device,
+            compute_type,
             threads,
         )
 
