@@ -9,10 +9,12 @@ be fetched, which is what the daemon test relies on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pty
 import re
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -20,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from sttd.engine.download import missing_model_message
 from sttd.engine.transcriber import ModelUnavailableError, choose_device, cuda_device_count
@@ -199,3 +203,44 @@ def test_device_auto_takes_cuda_when_ctranslate2_finds_it_else_the_cpu() -> None
     with pytest.raises(ModelUnavailableError, match=r'device = "cuda": CTranslate2 finds no CUDA device'):
         choose_device("cuda", "int8", 0)
     assert cuda_device_count() == 0  # this machine has none: "auto" is the CPU here
+
+
+def test_a_shared_engine_serves_wss_with_the_key_from_its_file(tmp_path: Path) -> None:
+    """sttd-engine --host/--port --tls-cert/--tls-key --api-key-file: wss://, that key and no other."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+    subprocess.run(
+        [*openssl, "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    key_file = tmp_path / "api-key"
+    key_file.write_text("sk-team-0123456789\n", encoding="utf-8")
+    listen = [command("sttd-engine"), "--model", str(tmp_path / "no-model"), "--host", "127.0.0.1", "--port", "0"]
+    engine = subprocess.Popen(
+        [*listen, "--tls-cert", str(cert), "--tls-key", str(key), "--api-key-file", str(key_file), "--exit-with-stdin"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert engine.stdout is not None
+        ready = json.loads(engine.stdout.readline())
+        assert ready["url"].startswith("wss://127.0.0.1:") and ready["api_key"] == "sk-team-0123456789"
+        trust = ssl.create_default_context(cafile=str(cert))
+
+        async def main() -> None:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(ready["url"], ssl=trust, additional_headers={"Authorization": "Bearer sk-other"})
+            assert refused.value.response.status_code == 401
+            headers = {"Authorization": "Bearer sk-team-0123456789"}
+            async with connect(ready["url"], ssl=trust, additional_headers=headers) as ws:
+                first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                assert first["type"] in ("session.created", "error")  # its model is missing: the point is TLS
+
+        asyncio.run(main())
+    finally:
+        engine.terminate()
+        engine.wait(15)
