@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ DRAFT_MIN_S = 5.0
 DRAFT_MAX_S = 25.0
 """Drafts of longer audio take the full decode's path (one 30 s window)."""
 DRAFT_TOKENS_PER_S = 6
+FINAL_TOKENS_PER_S = 12
+"""A final's length limit: a turn that reaches it is decoded again the full way (it was looping)."""
+SHORT_MIN_LOGPROB = -1.0
+"""A short-window final with a lower average token log-probability is decoded again the full way
+(faster-whisper's own threshold for a temperature fallback)."""
+MAX_COMPRESSION_RATIO = 2.4
+"""...and so is one whose text compresses better than this (a loop; faster-whisper's threshold too)."""
+SHORT_FINALS = os.environ.get("STTD_ENGINE_SHORT_FINALS", "on") != "off"
+"""Off: every final takes the full 30 s window (the engine as it was: the bench's baseline)."""
 TEMPERATURES = (0.0, 0.4, 0.8)
 """Fallback temperatures when a decode looks like a failure (repetition, low probability)."""
 
@@ -148,6 +158,11 @@ def supported_languages() -> frozenset[str]:
     return frozenset(_LANGUAGE_CODES)
 
 
+def _compression_ratio(text: str) -> float:
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -234,40 +249,95 @@ class Transcriber:
         # Detect from the decoding window's own encoder output (see the module docstring).
         return "en", True
 
-    def _draft_text(self, request: Request) -> str | None:
-        """A quick draft decode (see the module docstring), or None when it needs the full path."""
-        model = self._model
-        language = request.language if model.model.is_multilingual else "en"
-        seconds = request.audio.size / 16000
-        if not language or seconds > DRAFT_MAX_S:
-            return None
+    def _short_language(self, request: Request) -> str:
+        """The language a short-window decode uses; "" when it must take the full path (detection)."""
+        language = request.language if self._model.model.is_multilingual else "en"
+        if not language or request.audio.size / 16000 > DRAFT_MAX_S:
+            return ""
+        return language
+
+    def _window_decode(
+        self, audio: npt.NDArray[np.float32], language: str, *, beam_size: int, tokens_per_s: float
+    ) -> tuple[str, bool]:
+        """Decode ``audio`` over an encoder window of its own length (see the module docstring).
+
+        Returns the text and whether it looks sound: not cut off at the length limit,
+        an average log-probability above :data:`SHORT_MIN_LOGPROB`, and not repetitive.
+        """
         import ctranslate2  # type: ignore[import-untyped, import-not-found, unused-ignore]
         from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+        model = self._model
+        seconds = audio.size / 16000
         window = int(max(DRAFT_MIN_S, seconds + 1.0) * 16000)
-        audio = np.zeros(window, dtype=np.float32)
-        audio[: request.audio.size] = request.audio
-        features = model.feature_extractor(audio)
+        padded = np.zeros(window, dtype=np.float32)
+        padded[: audio.size] = audio
+        features = model.feature_extractor(padded)
         frames = features.shape[-1] // 2 * 2  # the encoder's first convolution has stride 2
         batch = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+        max_length = int(10 + tokens_per_s * seconds)
         result = model.model.generate(
             encoded,
             [[*tokenizer.sot_sequence, tokenizer.no_timestamps]],
-            beam_size=1,
-            max_length=int(10 + DRAFT_TOKENS_PER_S * seconds),
+            beam_size=beam_size,
+            max_length=max_length,
             no_repeat_ngram_size=3,
+            return_scores=True,
         )
-        return str(tokenizer.decode([t for t in result[0].sequences_ids[0] if t < tokenizer.eot]))
+        tokens = result[0].sequences_ids[0]
+        text = str(tokenizer.decode([t for t in tokens if t < tokenizer.eot]))
+        sound = (
+            len(tokens) < max_length - len(tokenizer.sot_sequence) - 1
+            and float(result[0].scores[0]) >= SHORT_MIN_LOGPROB
+            and _compression_ratio(text) <= MAX_COMPRESSION_RATIO
+        )
+        return text, sound
+
+    def _draft_text(self, request: Request) -> str | None:
+        """A quick draft decode (see the module docstring), or None when it needs the full path."""
+        language = self._short_language(request)
+        if not language:
+            return None
+        return self._window_decode(request.audio, language, beam_size=1, tokens_per_s=DRAFT_TOKENS_PER_S)[0]
+
+    def _short_final(self, request: Request) -> str | None:
+        """A committed turn's text from a window of its own length, beam search; None: take the full path.
+
+        What the full path would do first is done here too: a client commit's audio
+        loses what Silero does not call speech (faster-whisper's own VAD filter, same
+        options). A decode that does not look sound (see :meth:`_window_decode`) is
+        thrown away for the full path's 30 s window and temperature fallback.
+        """
+        language = self._short_language(request)
+        if not language or not SHORT_FINALS:
+            return None
+        audio = request.audio
+        if request.vad_threshold is not None:
+            from faster_whisper.vad import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+                VadOptions,
+                collect_chunks,
+                get_speech_timestamps,
+            )
+
+            speech = get_speech_timestamps(audio, VadOptions(threshold=request.vad_threshold))
+            if not speech:
+                return ""
+            audio = np.concatenate(collect_chunks(audio, speech)[0])
+        text, sound = self._window_decode(audio, language, beam_size=BEAM_SIZE, tokens_per_s=FINAL_TOKENS_PER_S)
+        if not sound:
+            logger.debug("a short-window final did not look sound; decoding the full window")
+            return None
+        return text
 
     def _iter_segments(self, request: Request, abandoned: threading.Event) -> Any:
         model = self._model
-        if request.draft:
-            text = self._draft_text(request)
-            if text is not None:
-                yield Piece(text, request.language)
-                return
+        short = self._draft_text(request) if request.draft else self._short_final(request)
+        if short is not None:
+            if short.strip():
+                yield Piece(short, self._short_language(request))
+            return
         options: dict[str, Any] = {}
         if request.vad_threshold is not None:
             options = {"vad_filter": True, "vad_parameters": {"threshold": request.vad_threshold}}
