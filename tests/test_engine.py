@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import subprocess
@@ -896,6 +897,7 @@ def test_sttd_with_the_local_engine_dictates_from_the_microphone(
     daemon = Sttd(tmp_path, env, config)
     listener = None
     latencies, rates = [], []
+    early: list[bool] = []  # per sentence: a partial Transcript arrived before the voice ended
     try:
         daemon.wait_ready(30)
         wait_until(
@@ -917,6 +919,15 @@ def test_sttd_with_the_local_engine_dictates_from_the_microphone(
             got = event["text"]
             rates.append(wer(text, got))
             assert words(got) == words(text)
+            # gpt-live-transcribe (the default model): the engine sends words while the person speaks.
+            partials = [
+                (at, e["text"])
+                for at, e in list(listener.arrived)
+                if e["type"] == "transcript" and not e["final"] and e["item_id"] == event["item_id"]
+            ]
+            texts = [t for _, t in partials]
+            assert all(b.startswith(a) for a, b in itertools.pairwise(texts)), texts  # only grows
+            early.append(bool(partials) and partials[0][0] < played - trailing_s)
         assert daemon.ctl("stop").returncode == 0
         daemon.wait_state("idle")
         assert daemon.terminate() == 0
@@ -925,6 +936,8 @@ def test_sttd_with_the_local_engine_dictates_from_the_microphone(
             listener.close()
         daemon.kill()
     print(f"\nlocal engine end to end: latency (end of speech -> final Transcript) {latencies} s, WER {rates}")
+    # The longest sentences last 2.5-3 s; the first words come about a second after the onset.
+    assert any(early), "no partial Transcript arrived before the speaker stopped"
     assert "Traceback" not in daemon.log
     for line in daemon.log.splitlines():  # transcripts never above DEBUG, the engine's lines included
         if any(text in line.lower() for text in SENTENCES):
