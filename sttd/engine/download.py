@@ -123,16 +123,18 @@ class Progress:
 
         return Bar
 
-    def report(self, bar: int, done: float, total: float) -> None:
+    def report(self, bar: int, done: float, total: float, *, finished: bool = False) -> None:
         with self._lock:
             self._bars[bar] = [done, total]
-            # The hub's client keeps two byte bars (received, written); the further one is the news.
-            done, total = max(self._bars.values(), key=lambda v: v[0] / v[1] if v[1] else 0.0)
+            # The hub's client sums every file into byte bars whose totals grow as files start (and a
+            # small file's own bar may be done before model.bin's size is known): the bar with the
+            # largest total is the whole download, and 100 % waits for the end of it.
+            done, total = max(self._bars.values(), key=lambda v: v[1])
             if total <= 0:
                 return
-            percent = min(100, int(100 * done / total))
+            percent = 100 if finished else min(99, int(100 * done / total))
             if self.tty:
-                if percent != self._shown:
+                if percent > self._shown:
                     width = 30
                     filled = width * percent // 100
                     self.out.write(
@@ -141,12 +143,24 @@ class Progress:
                     )
                     self.out.flush()
                     self._shown = percent
-            elif percent // _STEP * _STEP > self._shown:
-                self._shown = percent // _STEP * _STEP
+            elif percent == 100 or percent // _STEP * _STEP > self._shown:
+                self._shown = percent if percent == 100 else percent // _STEP * _STEP
                 self.out.write(f"download {self.model}: {self._shown}% ({done / 1e6:.1f} of {total / 1e6:.1f} MB)\n")
                 self.out.flush()
 
     def finish(self) -> None:
+        """The download is complete: the 100 % line (and the end of the bar's line on a terminal)."""
+        with self._lock:
+            bars = list(self._bars.values())
+        if bars:
+            total = max(total for _, total in bars)
+            self.report(-1, total, total, finished=True)
+        if self.tty and self._shown >= 0:
+            self.out.write("\n")
+            self.out.flush()
+
+    def abandon(self) -> None:
+        """The download failed: end the bar's line, without claiming 100 %."""
         if self.tty and self._shown >= 0:
             self.out.write("\n")
             self.out.flush()
@@ -161,7 +175,7 @@ def download(model: str, *, out: TextIO, tty: bool) -> str:
     try:
         path = huggingface_hub.snapshot_download(repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=progress.bar_class())
     except Exception as exc:  # no network, an unknown repository, a full disk: one line, not a traceback
-        progress.finish()
+        progress.abandon()
         detail = " ".join(str(exc).split())
         raise DownloadError(f"cannot fetch {model} ({repo}): {exc.__class__.__name__}: {detail[:300]}") from None
     progress.finish()

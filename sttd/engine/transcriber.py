@@ -249,20 +249,22 @@ class Transcriber:
         # Detect from the decoding window's own encoder output (see the module docstring).
         return "en", True
 
-    def _short_language(self, request: Request) -> str:
-        """The language a short-window decode uses; "" when it must take the full path (detection)."""
-        language = request.language if self._model.model.is_multilingual else "en"
-        if not language or request.audio.size / 16000 > DRAFT_MAX_S:
-            return ""
-        return language
+    def _short_language(self, request: Request) -> str | None:
+        """The language a short-window decode uses ("" to detect it there); None: take the full path."""
+        if request.audio.size / 16000 > DRAFT_MAX_S:
+            return None
+        return request.language if self._model.model.is_multilingual else "en"
 
     def _window_decode(
         self, audio: npt.NDArray[np.float32], language: str, *, beam_size: int, tokens_per_s: float
-    ) -> tuple[str, bool]:
+    ) -> tuple[str, str, bool]:
         """Decode ``audio`` over an encoder window of its own length (see the module docstring).
 
-        Returns the text and whether it looks sound: not cut off at the length limit,
-        an average log-probability above :data:`SHORT_MIN_LOGPROB`, and not repetitive.
+        ``language`` "" is detected from that window's own encoder output (one
+        encoder pass, not the second one faster-whisper's detection costs).
+        Returns the text, the language, and whether the text looks sound: not cut
+        off at the length limit, an average log-probability above
+        :data:`SHORT_MIN_LOGPROB`, and not repetitive.
         """
         import ctranslate2  # type: ignore[import-untyped, import-not-found, unused-ignore]
         from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -276,6 +278,9 @@ class Transcriber:
         frames = features.shape[-1] // 2 * 2  # the encoder's first convolution has stride 2
         batch = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+        if not language:
+            best = model.model.detect_language(encoded)[0][0][0]  # "<|en|>", the likeliest
+            language = str(best)[2:-2]
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
         max_length = int(10 + tokens_per_s * seconds)
         result = model.model.generate(
@@ -293,16 +298,17 @@ class Transcriber:
             and float(result[0].scores[0]) >= SHORT_MIN_LOGPROB
             and _compression_ratio(text) <= MAX_COMPRESSION_RATIO
         )
-        return text, sound
+        return text, language, sound
 
-    def _draft_text(self, request: Request) -> str | None:
-        """A quick draft decode (see the module docstring), or None when it needs the full path."""
+    def _draft_text(self, request: Request) -> tuple[str, str] | None:
+        """A quick draft decode (see the module docstring): text and language; None: the full path."""
         language = self._short_language(request)
-        if not language:
+        if language is None:
             return None
-        return self._window_decode(request.audio, language, beam_size=1, tokens_per_s=DRAFT_TOKENS_PER_S)[0]
+        text, language, _ = self._window_decode(request.audio, language, beam_size=1, tokens_per_s=DRAFT_TOKENS_PER_S)
+        return text, language
 
-    def _short_final(self, request: Request) -> str | None:
+    def _short_final(self, request: Request) -> tuple[str, str] | None:
         """A committed turn's text from a window of its own length, beam search; None: take the full path.
 
         What the full path would do first is done here too: a client commit's audio
@@ -311,7 +317,7 @@ class Transcriber:
         thrown away for the full path's 30 s window and temperature fallback.
         """
         language = self._short_language(request)
-        if not language or not SHORT_FINALS:
+        if language is None or not SHORT_FINALS:
             return None
         audio = request.audio
         if request.vad_threshold is not None:
@@ -323,20 +329,22 @@ class Transcriber:
 
             speech = get_speech_timestamps(audio, VadOptions(threshold=request.vad_threshold))
             if not speech:
-                return ""
+                return "", language
             audio = np.concatenate(collect_chunks(audio, speech)[0])
-        text, sound = self._window_decode(audio, language, beam_size=BEAM_SIZE, tokens_per_s=FINAL_TOKENS_PER_S)
+        text, language, sound = self._window_decode(
+            audio, language, beam_size=BEAM_SIZE, tokens_per_s=FINAL_TOKENS_PER_S
+        )
         if not sound:
             logger.debug("a short-window final did not look sound; decoding the full window")
             return None
-        return text
+        return text, language
 
     def _iter_segments(self, request: Request, abandoned: threading.Event) -> Any:
         model = self._model
         short = self._draft_text(request) if request.draft else self._short_final(request)
         if short is not None:
-            if short.strip():
-                yield Piece(short, self._short_language(request))
+            if short[0].strip():
+                yield Piece(*short)
             return
         options: dict[str, Any] = {}
         if request.vad_threshold is not None:
