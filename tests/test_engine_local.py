@@ -25,8 +25,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from sttd import config
 from sttd.engine.download import missing_model_message
 from sttd.engine.transcriber import ModelUnavailableError, choose_device, cuda_device_count
+from sttd.errors import ConfigError
+from sttd.sockets import ListenError, parse_listen, private_runtime_dir, split_unix_url, unix_url
 
 from .bus import SessionBus, wait_until
 from .daemon import Sttd, command
@@ -244,3 +247,42 @@ def test_a_shared_engine_serves_wss_with_the_key_from_its_file(tmp_path: Path) -
     finally:
         engine.terminate()
         engine.wait(15)
+
+
+def test_listen_takes_loopback_host_port_only_and_the_config_names_the_key(tmp_path: Path) -> None:
+    assert parse_listen("127.0.0.1:8765") == ("127.0.0.1", 8765)
+    assert parse_listen("[::1]:9") == ("::1", 9)
+    assert parse_listen("localhost:0") == ("localhost", 0)
+    for bad in ("8765", "127.0.0.1", "0.0.0.0:8765", "example.org:80", "127.0.0.1:70000", ":80"):
+        with pytest.raises(ListenError):
+            parse_listen(bad)
+    path = tmp_path / "config.toml"
+    path.write_text('[local]\nlisten = "0.0.0.0:8765"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"local\.listen: '0\.0\.0\.0' is not a loopback address"):
+        config.load(path)
+
+
+def test_a_unix_socket_url_round_trips() -> None:
+    url = unix_url("/run/user/1000/sttd/engine.sock")
+    assert url == "ws+unix://%2Frun%2Fuser%2F1000%2Fsttd%2Fengine.sock/v1/realtime?intent=transcription"
+    assert split_unix_url(url) == ("/run/user/1000/sttd/engine.sock", "ws://localhost/v1/realtime?intent=transcription")
+    assert split_unix_url("wss://api.openai.com/v1/realtime?intent=transcription")[0] is None
+
+
+def test_the_private_directory_is_made_0700_and_tightened_when_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        made = Path(private_runtime_dir())
+        assert made == runtime / "sttd" and stat.S_IMODE(made.stat().st_mode) == 0o700
+        made.chmod(0o755)
+        assert Path(private_runtime_dir()) == made and stat.S_IMODE(made.stat().st_mode) == 0o700
+        monkeypatch.delenv("XDG_RUNTIME_DIR")
+        fallback = Path(private_runtime_dir())  # none set: a fresh private directory
+        assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
+        fallback.rmdir()
+    finally:
+        (runtime / "sttd").rmdir()
+        runtime.rmdir()
