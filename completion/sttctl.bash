@@ -4,7 +4,7 @@
 # ~/.local/share/bash-completion/completions/sttctl (loaded on demand by
 # bash-completion), or source it from ~/.bashrc.
 
-_sttctl_commands="start stop toggle cancel send purge status lang enable disable listen devices"
+_sttctl_commands="start stop toggle cancel send purge status lang enable disable listen devices model"
 
 # ISO-639-1 codes, the languages `sttctl lang` accepts ('' means automatic).
 _sttctl_languages="
@@ -41,6 +41,10 @@ _sttctl() {
             [[ $cur == -* ]] && words+=" --help" ;;
         lang)
             ((args)) || words="$_sttctl_languages"
+            [[ $cur == -* ]] && words="--help" ;;
+        model)
+            # sttctl model download [MODEL] | list (a model name is free text: no candidates)
+            ((args)) || words="download list"
             [[ $cur == -* ]] && words="--help" ;;
         *)
             [[ $cur == -* ]] && words="--help" ;;

@@ -1058,6 +1058,8 @@ def test_bash_completion_offers_subcommands_options_and_languages() -> None:
     assert sorted(_complete("sttctl lang ")) == sorted(ISO_639_1)
     assert _complete("sttctl lang de ") == []
     assert _complete("sttctl nonsense ") == []
+    assert _complete("sttctl model ") == ["download", "list"]
+    assert _complete("sttctl model list ") == []
 
 
 def _waybar_adapter(tmp_path: Path) -> Path:
