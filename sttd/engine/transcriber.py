@@ -19,12 +19,18 @@ for 3 s of audio instead of ≈ 2 s. Drafts are only ever compared with each
 other (:mod:`sttd.engine.partials`); the committed turn's final is the full
 decode.
 
-Whisper always encodes a 30 s window, so a short utterance costs about the
-same as a long one (≈ 0.8 s for Whisper base, int8, on 2 cores). Language
-detection would encode the window a second time; with no language set, the
-model instead detects it from the encoder output it decodes with
-(faster-whisper's ``multilingual`` mode), which is the same decision at
-half the cost.
+Finals of turns up to :data:`DRAFT_MAX_S` take the same short window, with
+beam search (:meth:`Transcriber._short_final`): faster-whisper's own path
+always encodes a 30 s window, so a short utterance cost about the same as a
+long one (≈ 0.8 s for Whisper base, int8, on 2 quiet cores; 1.3-1.5 s busy),
+against 0.2-0.35 s now. A short decode that does not look sound (cut at its
+length limit, a low average log-probability, repetitive) is done again the
+full way, with temperature fallback. With no language set, a short decode
+tells it from its own window's encoder output (CTranslate2's
+``detect_language``); the full path detects it from the encoder output it
+decodes with (faster-whisper's ``multilingual`` mode). Either way the window
+is encoded once. ``STTD_ENGINE_SHORT_FINALS=off`` restores the full path
+for every final (the bench's baseline).
 """
 
 from __future__ import annotations
