@@ -16,13 +16,17 @@ import sys
 from . import config
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="model_action", required=True, metavar="ACTION")
-    download = actions.add_parser("download", help="fetch a model with progress, verify it, print where it went")
-    download.add_argument("model", nargs="?", help="a model name (default: [local] model from the configuration)")
-    actions.add_parser("list", help="the models the offline engine knows, and which are downloaded")
+    parser.add_argument(
+        "action",
+        choices=("download", "list"),
+        help="download: fetch a model with progress, verify it, print where it went; "
+        "list: the models the offline engine knows, and which are downloaded",
+    )
+    parser.add_argument("model", nargs="?", help="for download: a model name (default: [local] model)")
 
 
 def configured_model() -> str:
@@ -40,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"sttctl: the offline engine is not available: {exc}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        if args.model_action == "download":
+        if args.action == "download":
             return download.main([args.model or configured_model()])
+        if args.model:
+            print("sttctl: model list takes no model name", file=sys.stderr)
+            return EXIT_USAGE
         return _list()
     except ImportError:
         print("sttctl: the offline engine is not installed: pip install 'sttd[local]'", file=sys.stderr)
