@@ -4,7 +4,7 @@
 # ~/.local/share/bash-completion/completions/sttctl (loaded on demand by
 # bash-completion), or source it from ~/.bashrc.
 
-_sttctl_commands="start stop toggle cancel send purge undo status lang enable disable listen devices shortcuts hold shape"
+_sttctl_commands="start stop toggle cancel send purge undo status lang enable disable listen devices shortcuts hold shape model"
 
 # ISO-639-1 codes, the languages `sttctl lang` accepts ('' means automatic).
 _sttctl_languages="
@@ -58,6 +58,10 @@ _sttctl() {
             [[ $cur == -* ]] && words="--profile --lang --help" ;;
         shape)
             [[ $cur == -* ]] && words="--config --profile --lang --help" ;;
+        model)
+            # sttctl model download [MODEL] | list (a model name is free text: no candidates)
+            ((args)) || words="download list"
+            [[ $cur == -* ]] && words="--help" ;;
         *)
             [[ $cur == -* ]] && words="--help" ;;
     esac

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from . import models
+from . import models, sockets
 from .errors import ConfigError, InvalidLanguageError
 from .languages import check_language
 from .protocol import SessionSettings, TurnDetection
@@ -200,6 +200,8 @@ class LocalConfig:
     """CTranslate2 compute type: "int8", "int8_float16", "float16", "float32", ..."""
     threads: int = 0
     """CPU threads for transcription; 0 = as many as there are cores."""
+    listen: str = ""
+    """"": the engine listens on a unix socket in $XDG_RUNTIME_DIR/sttd/ only; "127.0.0.1:PORT": on that TCP port."""
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,11 @@ def _check_values(config: Config) -> None:
     _check_range("hooks.timeout_s", hooks.timeout_s, 0.1, 3600)
     _check_range("local.threads", config.local.threads, 0, 256)
     _check_shortcuts(config.shortcuts)
+    if config.local.listen:
+        try:
+            sockets.parse_listen(config.local.listen)
+        except sockets.ListenError as exc:
+            raise ConfigError(f"local.listen: {exc}") from None
     for name in ("send", "purge"):
         try:
             check_pattern(getattr(config.triggers, name))

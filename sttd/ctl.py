@@ -24,7 +24,7 @@ from typing import Any
 from dbus_next import BusType, DBusError, Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from . import __version__
+from . import __version__, modelctl
 from .dbus_service import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, PROPERTIES
 from .models import model_info
 from .redact import redact
@@ -74,6 +74,7 @@ COMMANDS = [
     ("shape", "show what the shaping step makes of TEXT (each argument one utterance; reads the config, no daemon)"),
     ("shortcuts", "list the desktop shortcuts and their keys, as the desktop reports them"),
     ("hold", "start now; stop on SIGTERM, SIGINT or when stdin closes (for a key-release binding)"),
+    ("model", "download or list the offline engine's models (works without sttd)"),
 ]
 # Commands that may start the daemon through bus activation.
 AUTOSTART = {"start", "toggle", "enable", "disable", "hold"}
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
     parsers["lang"].add_argument("code", nargs="?", help="e.g. en, de; '' for automatic")
     parsers["listen"].add_argument("--json", action="store_true", help="one JSON object per line, every event")
+    modelctl.add_arguments(parsers["model"])
     return parser
 
 
@@ -480,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # usage errors exit 2
     if args.command == "shape":
         return _shape(args)
+    if args.command == "model":  # the model cache, not the daemon
+        return modelctl.run(args)
     try:
         return asyncio.run(_run(args))
     except Unreachable as exc:

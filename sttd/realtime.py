@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -35,6 +35,7 @@ from .errors import ProtocolError, SessionError
 from .ledger import AudioLedger
 from .reconnect import EXCERPT_CHARS, Retry, backoff, classify
 from .redact import excerpt
+from .sockets import split_unix_url
 from .vad import SpeechStarted, SpeechStopped, VadSettings, VoiceDetector
 from .wakeup import Wakeup
 
@@ -327,9 +328,13 @@ class RealtimeSession:
         url, self._credentials = await self._target()
         bearer = await self._bearer()
         logger.info("connecting to %s", url.split("?")[0])
+        # The local engine's private unix socket comes as a ws+unix:// URL (sttd.sockets).
+        unix_path, url = split_unix_url(url)
+        unix: dict[str, Any] = {} if unix_path is None else {"unix": True, "path": unix_path}
         try:
             return await connect(
                 url,
+                **unix,
                 additional_headers={"Authorization": f"Bearer {bearer}"},
                 open_timeout=max(0.1, min(self._options.connect_timeout_s, self._finish_by - time.monotonic())),
                 ping_interval=self._options.ping_interval_s,

@@ -1093,6 +1093,8 @@ def test_bash_completion_offers_subcommands_options_and_languages() -> None:
     assert _complete("sttctl toggle --profile email --lang d") == ["da", "de", "dv", "dz"]
     assert _complete("sttctl start --profile ") == []  # a name from the config: nothing to guess
     assert _complete("sttctl shape --") == ["--config", "--profile", "--lang", "--help"]
+    assert _complete("sttctl model ") == ["download", "list"]
+    assert _complete("sttctl model list ") == []
 
 
 def _waybar_adapter(tmp_path: Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import subprocess
@@ -162,7 +163,10 @@ def engine(model_dir: Path) -> Iterator[RunningEngine]:
     sock = str(sock_dir / "engine.sock")
 
     async def body(stop: asyncio.Event, ready: Callable[[Any], None]) -> None:
-        async with EngineProcess(LocalConfig(model=str(model_dir)), log_level="DEBUG", unix_socket=sock) as ep:
+        process = EngineProcess(
+            LocalConfig(model=str(model_dir)), log_level="DEBUG", unix_socket=sock, listen="127.0.0.1:0"
+        )
+        async with process as ep:
             ready(ep)
             await stop.wait()
 
@@ -364,6 +368,10 @@ def test_bad_requests_get_error_events_with_the_services_codes(engine: RunningEn
         assert (error["code"], error["param"]) == ("invalid_value", "session.audio.input.transcription.language")
         error = await refused(update({}, "evt_unknown_key", voice="alloy"))
         assert (error["code"], error["param"]) == ("unknown_parameter", "session.voice")
+        realtime = {"type": "session.update", "event_id": "evt_realtime", "session": {"type": "realtime"}}
+        error = await refused(realtime)
+        assert (error["code"], error["event_id"]) == ("invalid_parameter", "evt_realtime")
+        assert error["message"] == "Passing a realtime session update event to a transcription session is not allowed."
         error = await refused("{not json")
         assert error["code"] == "invalid_json"
         error = await refused({"type": "input_audio_buffer.append", "event_id": "evt_audio", "audio": "**"})
@@ -377,7 +385,7 @@ def test_bad_requests_get_error_events_with_the_services_codes(engine: RunningEn
         await c.next(lambda e: e["type"] == "input_audio_buffer.cleared")
 
     c = session(engine, body)
-    assert len(c.of("error")) == 10
+    assert len(c.of("error")) == 11
 
 
 def test_each_model_name_gets_the_services_rules_and_a_refused_update_changes_nothing(engine: RunningEngine) -> None:
@@ -587,6 +595,21 @@ def test_the_handshake_wants_the_engines_key_path_and_the_services_shape(engine:
         assert (status, error["code"], error["type"]) == (400, "beta_api_removed", "invalid_request_error")
 
     asyncio.run(main())
+
+
+def test_a_client_commit_right_after_the_vads_commit_is_too_small(engine: RunningEngine) -> None:
+    async def body(c: Client) -> None:
+        await c.update(language="en")
+        # Well over the 300 ms of prefix padding the buffer keeps after the turn.
+        await c.append(np.concatenate([silence(0.5), speech(SENTENCES[1]), silence(1.5)]))
+        await c.turns_done(1)
+        await c.send({"type": "input_audio_buffer.commit", "event_id": "evt_late"})
+        error = (await c.next(lambda e: e["type"] == "error"))["error"]
+        assert (error["code"], error["event_id"]) == ("input_audio_buffer_commit_empty", "evt_late")
+        assert await c.quiet(0.5) == []  # no empty turn of the padding
+
+    c = session(engine, body)
+    assert len(c.of("input_audio_buffer.committed")) == 1
 
 
 def test_the_engine_also_listens_on_its_unix_socket(engine: RunningEngine) -> None:
@@ -874,6 +897,7 @@ def test_sttd_with_the_local_engine_dictates_from_the_microphone(
     daemon = Sttd(tmp_path, env, config)
     listener = None
     latencies, rates = [], []
+    early: list[bool] = []  # per sentence: a partial Transcript arrived before the voice ended
     try:
         daemon.wait_ready(30)
         wait_until(
@@ -895,6 +919,15 @@ def test_sttd_with_the_local_engine_dictates_from_the_microphone(
             got = event["text"]
             rates.append(wer(text, got))
             assert words(got) == words(text)
+            # gpt-live-transcribe (the default model): the engine sends words while the person speaks.
+            partials = [
+                (at, e["text"])
+                for at, e in list(listener.arrived)
+                if e["type"] == "transcript" and not e["final"] and e["item_id"] == event["item_id"]
+            ]
+            texts = [t for _, t in partials]
+            assert all(b.startswith(a) for a, b in itertools.pairwise(texts)), texts  # only grows
+            early.append(bool(partials) and partials[0][0] < played - trailing_s)
         assert daemon.ctl("stop").returncode == 0
         daemon.wait_state("idle")
         assert daemon.terminate() == 0
@@ -903,6 +936,8 @@ def test_sttd_with_the_local_engine_dictates_from_the_microphone(
             listener.close()
         daemon.kill()
     print(f"\nlocal engine end to end: latency (end of speech -> final Transcript) {latencies} s, WER {rates}")
+    # The longest sentences last 2.5-3 s; the first words come about a second after the onset.
+    assert any(early), "no partial Transcript arrived before the speaker stopped"
     assert "Traceback" not in daemon.log
     for line in daemon.log.splitlines():  # transcripts never above DEBUG, the engine's lines included
         if any(text in line.lower() for text in SENTENCES):

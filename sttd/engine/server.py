@@ -22,8 +22,13 @@ runs on the event loop (≈ 0.1 ms per 32 ms window); Whisper runs in the
 transcriber's worker thread (:mod:`sttd.engine.transcriber`), one turn at a
 time, in commit order.
 
-Run: ``sttd-engine [--model NAME|DIR] [--port 0] [--unix PATH]
-[--handshake-timeout S] [--max-sessions N]``. It prints one JSON line on
+Run: ``sttd-engine [--model NAME|DIR] [--host ADDR] [--port 0] [--unix PATH]
+[--tls-cert PEM --tls-key PEM] [--api-key-file PATH] [--handshake-timeout S]
+[--max-sessions N]``; ``sttd-engine download [MODEL]`` fetches a model
+(:mod:`sttd.engine.download`). A shared engine (a team's GPU box) listens on
+``--host 0.0.0.0 --port 8765`` with TLS (``wss://``; the official ``openai``
+npm package only speaks that) and a key every client is given
+(``--api-key-file``): see ``docs/shared-engine.md``. It prints one JSON line on
 stdout, ``{"url", "api_key", "unix_socket", "model", "pid"}``, once it
 listens; logs go to stderr; SIGTERM/SIGINT stop it (sessions are closed
 with 1001); with ``--exit-with-stdin`` it also stops when its stdin reaches
@@ -41,11 +46,13 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve, unix_serve
 
+from ..config import is_loopback
 from ..protocol import ServerEvents
 from .listener import REALTIME_PATH, Engine, ListenerLimits
 from .session import SessionContext
@@ -87,6 +94,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--unix", metavar="PATH", help="also (or, without --port, only) listen on this unix socket")
     parser.add_argument("--no-auth", action="store_true", help="accept connections without the printed API key")
+    parser.add_argument(
+        "--api-key-file", metavar="PATH", help="the bearer key clients must send (else one is made up and printed)"
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate chain (needs --tls-key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--exit-with-stdin", action="store_true", help="stop when stdin reaches end of file")
     limits = ListenerLimits()
     parser.add_argument(
@@ -106,7 +118,30 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper, metavar="LEVEL"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.api_key_file and args.no_auth:
+        parser.error("--api-key-file and --no-auth contradict each other")
+    return args
+
+
+def _read_key(path: str) -> str:
+    """The first line of a key file; raises OSError/ValueError with the reason."""
+    with open(path, encoding="utf-8") as file:
+        key = file.readline().strip()
+    if not key:
+        raise ValueError(f"{path} is empty")
+    return key
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
 
 
 class _StdinWatch(asyncio.Protocol):
@@ -131,6 +166,12 @@ def _engine(args: argparse.Namespace) -> Engine | None:
         logger.error("cannot load faster-whisper's Silero VAD: %s: %s", exc.__class__.__name__, exc)
         return None
     api_key = None if args.no_auth else "sk-local-" + secrets.token_urlsafe(24)
+    if args.api_key_file:
+        try:
+            api_key = _read_key(args.api_key_file)
+        except (OSError, ValueError) as exc:
+            logger.error("cannot read the API key file: %s", exc)
+            return None
     context = SessionContext(Transcriber(settings), probe.fork, languages, ServerEvents())
     return Engine(context, api_key=api_key, limits=ListenerLimits(args.handshake_timeout, args.max_sessions))
 
@@ -142,11 +183,17 @@ async def _listen(engine: Engine, args: argparse.Namespace) -> tuple[list[Server
     port = args.port if args.port is not None else (None if args.unix else 0)
     url = f"ws://localhost{REALTIME_PATH}?intent=transcription"
     if port is not None:
-        tcp = await serve(engine.handler, args.host, port, **options)
+        tls = _tls(args)
+        tcp = await serve(engine.handler, args.host, port, ssl=tls, **options)
         servers.append(tcp)
         host, bound = tcp.sockets[0].getsockname()[:2]
         host = f"[{host}]" if ":" in host else host
-        url = f"ws://{host}:{bound}{REALTIME_PATH}?intent=transcription"
+        scheme = "wss" if tls is not None else "ws"
+        url = f"{scheme}://{host}:{bound}{REALTIME_PATH}?intent=transcription"
+        if tls is None and not is_loopback(args.host):
+            logger.warning("listening on %s without TLS: the API key and the audio travel in clear text", args.host)
+        if engine.api_key is None and not is_loopback(args.host):
+            logger.warning("listening on %s without an API key: anyone who can reach it may use it", args.host)
     if args.unix:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.unix)
@@ -169,6 +216,16 @@ async def _stop_requested(exit_with_stdin: bool) -> asyncio.Event:
     return stop
 
 
+async def _report_model(transcriber: Transcriber) -> None:
+    """Print ``{"model": "loaded"}`` or ``{"model_error": message}`` on stdout when loading ends."""
+    try:
+        await asyncio.wrap_future(transcriber.start_loading())
+    except Exception:
+        print(json.dumps({"model_error": transcriber.load_error or "the model could not be loaded"}), flush=True)
+    else:
+        print(json.dumps({"model": "loaded"}), flush=True)
+
+
 async def serve_engine(args: argparse.Namespace) -> int:
     engine = _engine(args)
     if engine is None:
@@ -185,10 +242,14 @@ async def serve_engine(args: argparse.Namespace) -> int:
         "pid": os.getpid(),
     }
     print(json.dumps(line), flush=True)
+    # A second line once the model is loaded or has failed: the supervisor tells its user why
+    # dictation cannot work (a missing model) instead of a session closed with a cut reason.
+    reporter = asyncio.get_running_loop().create_task(_report_model(transcriber))
     tcp = args.port is not None or not args.unix
     logger.info("listening on %s%s", url, f" and {args.unix}" if args.unix and tcp else "")
     await stop.wait()
     logger.info("stopping")
+    reporter.cancel()
     for server in servers:
         server.close(close_connections=True)
     for server in servers:
@@ -201,6 +262,11 @@ async def serve_engine(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["download"]:
+        from .download import main as download_main
+
+        return download_main(argv[1:])
     args = _parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     quiet = max(logging.WARNING, logging.getLogger().level)
@@ -208,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(quiet)
     try:
         return asyncio.run(serve_engine(args))
-    except OSError as exc:  # the port or socket cannot be bound
+    except (OSError, ssl.SSLError) as exc:  # the port or socket cannot be bound, the certificate is unusable
         logger.error("cannot listen: %s", exc)
         return 1
 

@@ -17,11 +17,13 @@ Turns are transcribed one at a time in commit order by the engine's one
 :class:`~sttd.engine.transcriber.Transcriber`.
 
 The live models (``gpt-live-transcribe``, ``gpt-realtime-whisper``), which
-take no turn detection, also get deltas *while the person speaks*: each time
-:data:`PARTIAL_EVERY_S` of new audio has arrived with speech in it (Silero
-says so) and no draft decode of this session is running, the uncommitted
-audio so far is decoded again as a draft (after every committed turn
-waiting), and the words two successive drafts agree on are sent as deltas
+take no turn detection, also get deltas *while the person speaks*: a first
+draft :data:`PARTIAL_FIRST_S` after the speech's onset, the next few every
+:data:`PARTIAL_EARLY_S`, then every :data:`PARTIAL_EVERY_S` of new audio
+with speech in it (Silero says so) while no draft decode of this session is
+running, the turn's audio from just before the onset is decoded again as a
+draft (after every committed turn waiting), and the words two successive
+drafts agree on are sent as deltas
 for the coming item (:class:`~sttd.engine.partials.Agreement`). Its
 ``item_id`` is chosen with the first delta and the commit carries it. At the
 commit, the final decode's text beyond what was sent comes as one more
@@ -35,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,15 +56,25 @@ from .resample import Resampler
 from .session_config import DEFAULT_VAD, EventRefused, SessionConfig, Transcription, apply_update, diagnose
 from .transcriber import ModelUnavailableError, Transcriber
 from .transcriber import Request as TranscriptionRequest
-from .vad import RATE, SAMPLES_PER_MS, FloatArray, InputBuffer, SpeechProbe, SpeechStart, SpeechStop
+from .vad import RATE, SAMPLES_PER_MS, WINDOW, FloatArray, InputBuffer, SpeechProbe, SpeechStart, SpeechStop
 
 logger = logging.getLogger(__name__)
 
 CLOSE_REFUSED = 4000
 """A refused request shape: the client does not retry it."""
 PARTIAL_EVERY_S = 1.0
-"""A draft decode of the turn in progress once this much new audio has arrived."""
-PARTIAL_SPEECH_S = 0.3
+"""A draft decode of the turn in progress once this much new audio has arrived..."""
+PARTIAL_FIRST_S = 0.45
+"""...but the first one this soon after the speech began,"""
+PARTIAL_EARLY_S = 0.35
+"""...and the next :data:`PARTIAL_EARLY_DRAFTS` at this pace: two drafts must agree on a word before it
+is sent, so the first words show about 0.8 s of speech plus one draft decode after the onset."""
+PARTIAL_EARLY_DRAFTS = 3
+PARTIAL_LEAD_S = 0.3
+"""Audio kept before the speech's onset in a draft (the silence before it only costs encoder time)."""
+PARTIALS = os.environ.get("STTD_ENGINE_PARTIALS", "on") != "off"
+"""Off: no drafts at all (the deltas come after the commit, as for the other models): the bench's baseline."""
+PARTIAL_SPEECH_S = 0.15
 """...and only if speech was heard this recently: in a pause the client is about to commit, and its
 final should not wait for a draft (a draft that has started cannot be interrupted)."""
 PARTIAL_MAX_S = 30.0
@@ -115,10 +128,17 @@ class _Drafts:
         """Stream position after the turn's last sample."""
         self.decoded_upto = 0
         """Stream position where the last draft's audio ended."""
+        self.onset: int | None = None
+        """Stream position where this turn's speech began (roughly: the first voiced window's feed)."""
+        self.drafts = 0
+        """Drafts started in this turn."""
 
     def add(self, samples: FloatArray) -> None:
         self.speech.feed(samples)
         self.end += samples.size
+        last = self.speech.last_speech
+        if self.onset is None and last is not None and last > self.start:
+            self.onset = max(self.start, last - samples.size - WINDOW)
         if self._size <= PARTIAL_MAX_S * RATE:
             self._chunks.append(samples)
             self._size += samples.size
@@ -126,20 +146,29 @@ class _Drafts:
     def due(self) -> bool:
         """Time for a draft: enough new audio, speech in it just now, none running, not too long."""
         last = self.speech.last_speech
+        if self.onset is None:
+            return False
+        if self.drafts == 0:
+            wait, since = PARTIAL_FIRST_S, self.onset
+        else:
+            wait, since = PARTIAL_EARLY_S if self.drafts < PARTIAL_EARLY_DRAFTS else PARTIAL_EVERY_S, self.decoded_upto
         return (
             self.task is None
             and self._size <= PARTIAL_MAX_S * RATE
-            and self.end - self.decoded_upto >= PARTIAL_EVERY_S * RATE
+            and self.end - since >= wait * RATE
             and last is not None
             and last > max(self.decoded_upto, self.start)
             and self.speech.position - last <= PARTIAL_SPEECH_S * RATE
         )
 
     def audio(self) -> FloatArray:
+        """The turn's audio from just before its onset, for a draft that starts now."""
         joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
         self._chunks = [joined]
         self.decoded_upto = self.end
-        return joined
+        self.drafts += 1
+        lead = 0 if self.onset is None else max(0, self.onset - int(PARTIAL_LEAD_S * RATE) - self.start)
+        return joined[lead:]
 
     def restart(self) -> tuple[str | None, str]:
         """The turn is committed or cleared: its item id and sent text; drafts start afresh after it."""
@@ -149,6 +178,7 @@ class _Drafts:
         item, sent = self.item, self.agreement.text
         self.item, self.agreement = None, Agreement()
         self.start = self.decoded_upto = self.end
+        self.onset, self.drafts = None, 0
         self._chunks, self._size = [], 0
         return item, sent
 
@@ -278,7 +308,7 @@ class Session:
             logger.warning("session %s: the uncommitted buffer is full; dropping its oldest audio", self.id)
 
     async def commit(self) -> None:
-        buffered = self.buffer.buffered_ms
+        buffered = self.buffer.committable_ms
         if buffered < MIN_COMMIT_MS:
             raise EventRefused(
                 "input_audio_buffer_commit_empty",
@@ -316,7 +346,7 @@ class Session:
     # -- partial text while the person speaks
 
     def _drafting(self) -> bool:
-        return self.config.vad is None and self.config.model.live
+        return PARTIALS and self.config.vad is None and self.config.model.live
 
     def _stop_drafts(self) -> None:
         if self._drafts is not None:

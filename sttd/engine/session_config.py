@@ -270,6 +270,12 @@ def _noise_reduction(value: Any) -> str | None:
 def _audio_input(session: Any) -> dict[str, Any]:
     session = _object(session, "session")
     _check_keys(session, SESSION_KEYS, "session")
+    if session.get("type") == "realtime":
+        # The service's answer on a ?intent=transcription connection (and its mirror image,
+        # "Passing a transcription session update event to a realtime session is not allowed.").
+        raise EventRefused(
+            "invalid_parameter", "Passing a realtime session update event to a transcription session is not allowed."
+        )
     if session.get("type") != "transcription":
         raise EventRefused(
             "invalid_value",

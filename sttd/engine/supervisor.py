@@ -36,6 +36,7 @@ from ..config import LocalConfig
 from ..errors import SttdError
 from ..hooks import PRIVATE_ENV
 from ..redact import register_secret
+from ..sockets import parse_listen, unix_url
 
 logger = logging.getLogger("sttd.engine")
 
@@ -69,10 +70,28 @@ class EngineEndpoint:
     api_key: str
     pid: int
     model: str
+    unix_socket: str | None = None
+    """The unix socket it listens on, if any (then the daemon connects there)."""
+
+    @property
+    def connect_url(self) -> str:
+        """The URL the daemon's client connects to: ``ws+unix://`` for a unix socket (see :mod:`sttd.sockets`)."""
+        return unix_url(self.unix_socket) if self.unix_socket else self.url
 
 
-def engine_command(local: LocalConfig, *, log_level: str = "INFO", unix_socket: str | None = None) -> list[str]:
-    """The engine's argv for a ``[local]`` config."""
+def engine_command(
+    local: LocalConfig,
+    *,
+    log_level: str = "INFO",
+    unix_socket: str | None = None,
+    listen: str = "",
+    api_key_file: str | None = None,
+) -> list[str]:
+    """The engine's argv for a ``[local]`` config.
+
+    ``unix_socket`` alone: only that socket, no TCP port. ``listen``
+    (``HOST:PORT``): that TCP address too. Neither: a free TCP port on 127.0.0.1.
+    """
     argv = [
         sys.executable,
         "-m",
@@ -90,7 +109,14 @@ def engine_command(local: LocalConfig, *, log_level: str = "INFO", unix_socket: 
         "--exit-with-stdin",
     ]
     if unix_socket is not None:
-        argv += ["--port", "0", "--unix", unix_socket]
+        argv += ["--unix", unix_socket]
+    if listen:
+        host, port = parse_listen(listen)
+        argv += ["--host", host, "--port", str(port)]
+    elif unix_socket is None:
+        argv += ["--port", "0"]
+    if api_key_file is not None:
+        argv += ["--api-key-file", api_key_file]
     return argv
 
 
@@ -104,13 +130,21 @@ class EngineProcess:
         log_level: str = "INFO",
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
         unix_socket: str | None = None,
+        listen: str = "",
+        api_key_file: str | None = None,
     ) -> None:
-        self._argv = engine_command(local, log_level=log_level, unix_socket=unix_socket)
+        self._argv = engine_command(
+            local, log_level=log_level, unix_socket=unix_socket, listen=listen, api_key_file=api_key_file
+        )
         self._startup_timeout_s = startup_timeout_s
         self._process: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._last_lines: list[str] = []
         self.endpoint: EngineEndpoint | None = None
+        self.model_error: str | None = None
+        """Why the engine could not load its model (its own sentence), once it has said so."""
+        self._model_settled = asyncio.Event()
+        self._stdout_task: asyncio.Task[None] | None = None
 
     @property
     def returncode(self) -> int | None:
@@ -150,7 +184,35 @@ class EngineProcess:
             await self.stop()
             raise
         logger.info("local engine %d listening on %s", self.endpoint.pid, self.endpoint.url)
+        self._stdout_task = asyncio.get_running_loop().create_task(self._read_status(), name="engine-stdout")
         return self.endpoint
+
+    async def _read_status(self) -> None:
+        """The engine's later stdout lines: whether its model loaded."""
+        assert self._process is not None and self._process.stdout is not None
+        try:
+            while line := await self._process.stdout.readline():
+                with contextlib.suppress(ValueError, AttributeError):
+                    data = json.loads(line)
+                    if "model_error" in data:
+                        self.model_error = str(data["model_error"])
+                        self._model_settled.set()
+                    elif data.get("model") == "loaded":
+                        self._model_settled.set()
+        except ValueError:  # a line longer than the stream's limit: not the engine's status
+            pass
+        finally:
+            self._model_settled.set()  # the engine is gone: nothing more will come
+
+    async def model_problem(self, wait_s: float) -> str | None:
+        """The engine's reason it cannot transcribe, waiting up to ``wait_s`` for the model to settle.
+
+        None when the model loaded or is still loading (a first download may take minutes).
+        Cancelling is safe.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._model_settled.wait(), wait_s)
+        return self.model_error
 
     async def _read_endpoint(self) -> EngineEndpoint:
         process = self._process
@@ -169,7 +231,14 @@ class EngineProcess:
         try:
             data = json.loads(line)
             api_key = data["api_key"] or ""
-            endpoint = EngineEndpoint(str(data["url"]), str(api_key), int(data["pid"]), str(data["model"]))
+            unix_socket = data.get("unix_socket")
+            endpoint = EngineEndpoint(
+                str(data["url"]),
+                str(api_key),
+                int(data["pid"]),
+                str(data["model"]),
+                str(unix_socket) if unix_socket else None,
+            )
         except (ValueError, KeyError, TypeError):
             raise EngineError("the local engine printed something other than its address") from None
         register_secret(endpoint.api_key)
@@ -216,9 +285,10 @@ class EngineProcess:
                 await process.wait()
         if process.stdin is not None:
             process.stdin.close()
-        if self._stderr_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._stderr_task, 2)
+        for task in (self._stderr_task, self._stdout_task):
+            if task is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, 2)
         logger.info("local engine stopped (exit code %s)", process.returncode)
 
     def _signal(self, sig: signal.Signals) -> None:

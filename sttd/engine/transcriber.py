@@ -19,12 +19,18 @@ for 3 s of audio instead of ≈ 2 s. Drafts are only ever compared with each
 other (:mod:`sttd.engine.partials`); the committed turn's final is the full
 decode.
 
-Whisper always encodes a 30 s window, so a short utterance costs about the
-same as a long one (≈ 0.8 s for Whisper base, int8, on 2 cores). Language
-detection would encode the window a second time; with no language set, the
-model instead detects it from the encoder output it decodes with
-(faster-whisper's ``multilingual`` mode), which is the same decision at
-half the cost.
+Finals of turns up to :data:`DRAFT_MAX_S` take the same short window, with
+beam search (:meth:`Transcriber._short_final`): faster-whisper's own path
+always encodes a 30 s window, so a short utterance cost about the same as a
+long one (≈ 0.8 s for Whisper base, int8, on 2 quiet cores; 1.3-1.5 s busy),
+against 0.2-0.35 s now. A short decode that does not look sound (cut at its
+length limit, a low average log-probability, repetitive) is done again the
+full way, with temperature fallback. With no language set, a short decode
+tells it from its own window's encoder output (CTranslate2's
+``detect_language``); the full path detects it from the encoder output it
+decodes with (faster-whisper's ``multilingual`` mode). Either way the window
+is encoded once. ``STTD_ENGINE_SHORT_FINALS=off`` restores the full path
+for every final (the bench's baseline).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +51,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .download import cached_path, missing_model_message
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,15 @@ DRAFT_MIN_S = 5.0
 DRAFT_MAX_S = 25.0
 """Drafts of longer audio take the full decode's path (one 30 s window)."""
 DRAFT_TOKENS_PER_S = 6
+FINAL_TOKENS_PER_S = 12
+"""A final's length limit: a turn that reaches it is decoded again the full way (it was looping)."""
+SHORT_MIN_LOGPROB = -1.0
+"""A short-window final with a lower average token log-probability is decoded again the full way
+(faster-whisper's own threshold for a temperature fallback)."""
+MAX_COMPRESSION_RATIO = 2.4
+"""...and so is one whose text compresses better than this (a loop; faster-whisper's threshold too)."""
+SHORT_FINALS = os.environ.get("STTD_ENGINE_SHORT_FINALS", "on") != "off"
+"""Off: every final takes the full 30 s window (the engine as it was: the bench's baseline)."""
 TEMPERATURES = (0.0, 0.4, 0.8)
 """Fallback temperatures when a decode looks like a failure (repetition, low probability)."""
 
@@ -73,6 +91,38 @@ class ModelSettings:
         """What ``session.updated`` reports as the transcription model."""
         path = os.path.expanduser(self.model)
         return os.path.basename(os.path.normpath(path)) if os.path.isdir(path) else self.model
+
+
+def choose_device(device: str, compute_type: str, cuda_devices: int) -> tuple[str, str]:
+    """``(device, compute_type)`` to load the model with, for ``[local] device`` and the CUDA devices found.
+
+    ``auto`` takes CUDA when CTranslate2 finds a device, else the CPU. On
+    CUDA the CPU's default ``int8`` becomes ``int8_float16`` (int8 weights,
+    float16 arithmetic: what GPUs are fast at); any other compute type is
+    kept as configured. ``cuda`` without a device is refused with a reason
+    rather than left to CTranslate2's error. No I/O: the count is passed in.
+    """
+    if device == "auto":
+        device = "cuda" if cuda_devices > 0 else "cpu"
+    if device == "cuda":
+        if cuda_devices <= 0:
+            raise ModelUnavailableError(
+                'cannot use [local] device = "cuda": CTranslate2 finds no CUDA device '
+                '(use "auto" to fall back to the CPU)'
+            )
+        if compute_type == "int8":
+            compute_type = "int8_float16"
+    return device, compute_type
+
+
+def cuda_device_count() -> int:
+    """CUDA devices CTranslate2 can use (0 when it was built without CUDA or finds no driver)."""
+    try:
+        import ctranslate2  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:  # no CUDA runtime: the CPU it is
+        return 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +164,11 @@ def supported_languages() -> frozenset[str]:
     return frozenset(_LANGUAGE_CODES)
 
 
+def _compression_ratio(text: str) -> float:
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -153,15 +208,21 @@ class Transcriber:
         try:
             from faster_whisper import WhisperModel  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+            device, compute_type = choose_device(s.device, s.compute_type, cuda_device_count())
             model = WhisperModel(
                 os.path.expanduser(s.model),
-                device=s.device,
-                compute_type=s.compute_type,
+                device=device,
+                compute_type=compute_type,
                 cpu_threads=threads,
                 num_workers=1,
             )
         except Exception as exc:  # anything the loader raises: a missing file, no network, a bad compute type
             self.load_error = f"cannot load the model {s.model!r}: {exc.__class__.__name__}: {exc}"
+            if not os.path.isdir(os.path.expanduser(s.model)) and cached_path(s.model) is None:
+                # Not on this machine and the loader could not fetch it (offline, or HF_HUB_OFFLINE):
+                # say what is missing and the command that fixes it, not the hub client's exception.
+                logger.debug("%s", self.load_error)
+                self.load_error = missing_model_message(s.model)
             logger.error("%s", self.load_error)
             raise ModelUnavailableError(self.load_error) from None
         self._model = model
@@ -174,8 +235,8 @@ class Transcriber:
             s.name,
             loaded - started,
             time.monotonic() - loaded,
-            s.device,
-            s.compute_type,
+            device,
+            compute_type,
             threads,
         )
 
@@ -194,40 +255,103 @@ class Transcriber:
         # Detect from the decoding window's own encoder output (see the module docstring).
         return "en", True
 
-    def _draft_text(self, request: Request) -> str | None:
-        """A quick draft decode (see the module docstring), or None when it needs the full path."""
-        model = self._model
-        language = request.language if model.model.is_multilingual else "en"
-        seconds = request.audio.size / 16000
-        if not language or seconds > DRAFT_MAX_S:
+    def _short_language(self, request: Request) -> str | None:
+        """The language a short-window decode uses ("" to detect it there); None: take the full path."""
+        if request.audio.size / 16000 > DRAFT_MAX_S:
             return None
+        return request.language if self._model.model.is_multilingual else "en"
+
+    def _window_decode(
+        self, audio: npt.NDArray[np.float32], language: str, *, beam_size: int, tokens_per_s: float
+    ) -> tuple[str, str, bool]:
+        """Decode ``audio`` over an encoder window of its own length (see the module docstring).
+
+        ``language`` "" is detected from that window's own encoder output (one
+        encoder pass, not the second one faster-whisper's detection costs).
+        Returns the text, the language, and whether the text looks sound: not cut
+        off at the length limit, an average log-probability above
+        :data:`SHORT_MIN_LOGPROB`, and not repetitive.
+        """
         import ctranslate2  # type: ignore[import-untyped, import-not-found, unused-ignore]
         from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
+        model = self._model
+        seconds = audio.size / 16000
         window = int(max(DRAFT_MIN_S, seconds + 1.0) * 16000)
-        audio = np.zeros(window, dtype=np.float32)
-        audio[: request.audio.size] = request.audio
-        features = model.feature_extractor(audio)
+        padded = np.zeros(window, dtype=np.float32)
+        padded[: audio.size] = audio
+        features = model.feature_extractor(padded)
         frames = features.shape[-1] // 2 * 2  # the encoder's first convolution has stride 2
         batch = np.ascontiguousarray(features[None, :, :frames], dtype=np.float32)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=False)
+        if not language:
+            best = model.model.detect_language(encoded)[0][0][0]  # "<|en|>", the likeliest
+            language = str(best)[2:-2]
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+        max_length = int(10 + tokens_per_s * seconds)
         result = model.model.generate(
             encoded,
             [[*tokenizer.sot_sequence, tokenizer.no_timestamps]],
-            beam_size=1,
-            max_length=int(10 + DRAFT_TOKENS_PER_S * seconds),
+            beam_size=beam_size,
+            max_length=max_length,
             no_repeat_ngram_size=3,
+            return_scores=True,
         )
-        return str(tokenizer.decode([t for t in result[0].sequences_ids[0] if t < tokenizer.eot]))
+        tokens = result[0].sequences_ids[0]
+        text = str(tokenizer.decode([t for t in tokens if t < tokenizer.eot]))
+        sound = (
+            len(tokens) < max_length - len(tokenizer.sot_sequence) - 1
+            and float(result[0].scores[0]) >= SHORT_MIN_LOGPROB
+            and _compression_ratio(text) <= MAX_COMPRESSION_RATIO
+        )
+        return text, language, sound
+
+    def _draft_text(self, request: Request) -> tuple[str, str] | None:
+        """A quick draft decode (see the module docstring): text and language; None: the full path."""
+        language = self._short_language(request)
+        if language is None:
+            return None
+        text, language, _ = self._window_decode(request.audio, language, beam_size=1, tokens_per_s=DRAFT_TOKENS_PER_S)
+        return text, language
+
+    def _short_final(self, request: Request) -> tuple[str, str] | None:
+        """A committed turn's text from a window of its own length, beam search; None: take the full path.
+
+        What the full path would do first is done here too: a client commit's audio
+        loses what Silero does not call speech (faster-whisper's own VAD filter, same
+        options). A decode that does not look sound (see :meth:`_window_decode`) is
+        thrown away for the full path's 30 s window and temperature fallback.
+        """
+        language = self._short_language(request)
+        if language is None or not SHORT_FINALS:
+            return None
+        audio = request.audio
+        if request.vad_threshold is not None:
+            from faster_whisper.vad import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+                VadOptions,
+                collect_chunks,
+                get_speech_timestamps,
+            )
+
+            speech = get_speech_timestamps(audio, VadOptions(threshold=request.vad_threshold))
+            if not speech:
+                return "", language
+            audio = np.concatenate(collect_chunks(audio, speech)[0])
+        text, language, sound = self._window_decode(
+            audio, language, beam_size=BEAM_SIZE, tokens_per_s=FINAL_TOKENS_PER_S
+        )
+        if not sound:
+            logger.debug("a short-window final did not look sound; decoding the full window")
+            return None
+        return text, language
 
     def _iter_segments(self, request: Request, abandoned: threading.Event) -> Any:
         model = self._model
-        if request.draft:
-            text = self._draft_text(request)
-            if text is not None:
-                yield Piece(text, request.language)
-                return
+        short = self._draft_text(request) if request.draft else self._short_final(request)
+        if short is not None:
+            if short[0].strip():
+                yield Piece(*short)
+            return
         options: dict[str, Any] = {}
         if request.vad_threshold is not None:
             options = {"vad_filter": True, "vad_parameters": {"threshold": request.vad_threshold}}

@@ -194,6 +194,20 @@ class InputBuffer:
     def buffered_ms(self) -> float:
         return self._audio.size / SAMPLES_PER_MS
 
+    @property
+    def committable_ms(self) -> float:
+        """What a client commit would commit, as the service counts it.
+
+        With turn detection on and no speech in progress, the buffer holds only
+        the prefix padding kept for the next turn: the service does not count
+        it (its VAD just committed everything else), so a client commit right
+        after a VAD commit is refused as too small rather than making an empty
+        turn of the padding.
+        """
+        if self._vad is not None and self._probe is not None and not self._speaking:
+            return 0.0
+        return self.buffered_ms
+
     def set_vad(self, vad: VadSettings | None) -> None:
         """Change turn detection; speech in progress is forgotten when it changes."""
         if vad != self._vad:
