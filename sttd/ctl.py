@@ -222,7 +222,7 @@ def _print_status(props: dict[str, Any], as_json: bool) -> None:
         "last_error": redact(props["LastError"]),
         "engine": props.get("Engine", ""),
         "model": model,
-        "price": model_info(model).price if model else "",
+        "price": _price(model),
         "profile": props.get("Profile", ""),
         "output": props.get("Output", ""),
         "output_reason": props.get("OutputReason", ""),
@@ -300,6 +300,12 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, closed: Callable[[], None]) ->
     os.set_blocking(fd, False)
     loop.add_reader(fd, readable)
     return True
+
+
+def _price(model: str) -> str:
+    if model.startswith("local:"):
+        return "offline, free"  # the offline engine: nothing leaves the machine, nothing is billed
+    return model_info(model).price if model else ""
 
 
 def _model_line(model: str, price: str) -> str:

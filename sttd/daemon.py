@@ -239,14 +239,15 @@ class Daemon:
 
     def _take_config(self, new: config.Config) -> None:
         restart = new.local != self._config.local
+        old_model = self.model
         old, self._config = self._config, new
         if new.realtime.model != old.realtime.model:
             models.warn_if_deprecated(models.model_info(new.realtime.model))
-            if self._interface is not None:
-                self._interface.model_changed(new.realtime.model)
         self._update_live_session(old, new)
         self._refresh_shaper()
         self._engine = choose_engine(new)
+        if self.model != old_model and self._interface is not None:
+            self._interface.model_changed(self.model)
         self._apply_engine(restart=restart)
         if self._interface is not None:
             self._interface.engine_changed(self._engine)
@@ -445,7 +446,9 @@ class Daemon:
 
     @property
     def model(self) -> str:
-        """The transcription model the next (or running) dictation uses."""
+        """The transcription model the next (or running) dictation uses: the offline engine's own when it is local."""
+        if self._engine == "local":
+            return f"local:{self._config.local.model}"
         return self._config.realtime.model
 
     def output(self) -> tuple[str, str]:

@@ -203,7 +203,7 @@ class Shortcuts:
         except _PortalGone:
             return
         if version is None:
-            self._unavailable("the desktop portal has no GlobalShortcuts (GNOME 47 and older, Sway and i3 have none)")
+            self._unavailable("the desktop portal has no GlobalShortcuts; GNOME 47 and older, Sway and i3 have none")
             return
         try:
             await self._bind()

@@ -187,6 +187,7 @@ def test_sttd_runs_its_engine_on_a_private_socket_and_names_a_missing_model_and_
         expected = missing_model_message("base")
         status = daemon.status()
         assert status["last_error"] == expected
+        assert (status["model"], status["price"]) == ("local:base", "offline, free")  # not a service's price
         assert f"last error: {expected}\n" in daemon.ctl("status").stdout
         assert expected in daemon.log  # the journal has the same sentence
         assert "sttd-engine download base" in expected
