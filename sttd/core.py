@@ -1,10 +1,15 @@
-"""The dictation core: state machine, transcript assembly and voice triggers. No I/O.
+"""The dictation core: the state machine. No I/O.
 
 The daemon feeds it what happened (a D-Bus call, a session becoming ready, a
 parsed server event) and drains :meth:`Dictation.take_outputs` for what
 should be announced (state changes, transcripts, triggers, errors). It never
 touches a socket, a file or the clock, so every rule here is tested by
 calling methods and reading outputs.
+
+The outputs themselves are in :mod:`sttd.events`, transcript assembly in
+:mod:`sttd.assembler` and the send/purge words in :mod:`sttd.triggers`; their
+names are re-exported here (``core.Triggered``, ``core.TranscriptAssembler``,
+``core.Triggers``).
 """
 
 from __future__ import annotations
@@ -12,13 +17,29 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import protocol as p
 from . import shaping
+from .assembler import MAX_EARLY_ITEMS, MAX_ITEM_CHARS, TranscriptAssembler, normalise
 from .errors import DisabledError
+from .events import (
+    ActionRequested,
+    EnabledChanged,
+    ErrorRaised,
+    LanguageChanged,
+    LastErrorChanged,
+    Output,
+    PendingTextChanged,
+    ProfileChanged,
+    StateChanged,
+    TextCommitted,
+    TranscriptEmitted,
+    Triggered,
+    UndoRequested,
+)
 from .languages import check_language
-from .triggers import compile_pattern
+from .triggers import TriggerMatch, Triggers
 
 logger = logging.getLogger(__name__)
 
@@ -40,94 +61,32 @@ TURN_STATES = frozenset({State.LISTENING, State.SPEAKING, State.PROCESSING})
 microphone ``Level`` moves only in them (in every other it is 0)."""
 ACTIVE_STATES = frozenset({State.CONNECTING, State.LISTENING, State.SPEAKING, State.PROCESSING, State.RECONNECTING})
 
-
-# ---------------------------------------------------------------- outputs
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    state: State
-
-
-@dataclass(frozen=True)
-class TranscriptEmitted:
-    """Partial (``final=False``: the utterance so far) or final text of one utterance."""
-
-    text: str
-    final: bool
-    item_id: str
-
-
-@dataclass(frozen=True)
-class TextCommitted:
-    """Final text that joined the pending text (trigger words removed): what hooks and outputs type."""
-
-    text: str
-    item_id: str
-    separator: str = " "
-    """What goes between the text before it and this one (shaping: none before punctuation, after a break)."""
-
-
-@dataclass(frozen=True)
-class PendingTextChanged:
-    text: str
-
-
-@dataclass(frozen=True)
-class Triggered:
-    """``name`` is ``send`` or ``purge`` (or a voice command: ``undo``, ``stop``, ``cancel``); ``text`` is
-    what was sent or dropped (for ``undo``, the text taken back; for ``stop`` and ``cancel``, "")."""
-
-    name: str
-    text: str
-
-
-@dataclass(frozen=True)
-class ErrorRaised:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class LastErrorChanged:
-    message: str
-
-
-@dataclass(frozen=True)
-class LanguageChanged:
-    language: str
-
-
-@dataclass(frozen=True)
-class EnabledChanged:
-    enabled: bool
-
-
-@dataclass(frozen=True)
-class ProfileChanged:
-    """A dictation with options began (or ended: ``profile`` "", ``output`` None)."""
-
-    profile: str
-    output: str | None
-    """The output mode of this dictation's text; None: ``[output] mode``."""
-
-
-@dataclass(frozen=True)
-class ActionRequested:
-    """A voice command the daemon carries out: ``stop``, ``cancel`` (the core cannot end a session),
-    or the phrase of a command hook (``[commands] hooks``), to be run with ``text``."""
-
-    action: str
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class UndoRequested:
-    """Text that had joined the pending text was taken back (:meth:`Dictation.undo`): the outputs that
-    inserted it should remove it from the window (the window-output issue's ``Undo``). Not emitted when
-    ``undo`` only dropped words said with it, which were never delivered."""
-
-    text: str
+__all__ = [
+    "ACTIVE_STATES",
+    "MAX_EARLY_ITEMS",
+    "MAX_ITEM_CHARS",
+    "TURN_STATES",
+    "ActionRequested",
+    "Dictation",
+    "DictationOptions",
+    "EnabledChanged",
+    "ErrorRaised",
+    "LanguageChanged",
+    "LastErrorChanged",
+    "Output",
+    "PendingTextChanged",
+    "ProfileChanged",
+    "State",
+    "StateChanged",
+    "TextCommitted",
+    "TranscriptAssembler",
+    "TranscriptEmitted",
+    "TriggerMatch",
+    "Triggered",
+    "Triggers",
+    "UndoRequested",
+    "normalise",
+]
 
 
 @dataclass(frozen=True)
@@ -139,183 +98,6 @@ class DictationOptions:
     """None: the language in use (persisted)."""
     output: str | None = None
     """None: ``[output] mode``."""
-
-
-Output = (
-    StateChanged
-    | TranscriptEmitted
-    | TextCommitted
-    | PendingTextChanged
-    | Triggered
-    | ErrorRaised
-    | LastErrorChanged
-    | LanguageChanged
-    | EnabledChanged
-    | ProfileChanged
-    | ActionRequested
-    | UndoRequested
-)
-
-
-def normalise(text: str) -> str:
-    """Collapse runs of whitespace and trim: what every final transcript goes through."""
-    return " ".join(text.split())
-
-
-# ------------------------------------------------------- transcript assembly
-
-
-MAX_EARLY_ITEMS = 8
-"""Items with deltas but no commit yet (live models) kept at once; a server sending deltas for
-items it never commits cannot grow memory or hold back the finals of real turns."""
-MAX_ITEM_CHARS = 20_000
-"""Delta text kept per item; beyond it further deltas are ignored (the final text still replaces it)."""
-
-
-@dataclass
-class _Item:
-    item_id: str
-    deltas: list[str] = field(default_factory=list)
-    chars: int = 0
-    final: str | None = None
-    done: bool = False
-
-    def add(self, delta: str) -> None:
-        if not self.done and self.chars + len(delta) <= MAX_ITEM_CHARS:
-            self.deltas.append(delta)
-            self.chars += len(delta)
-
-
-class TranscriptAssembler:
-    """Puts utterances back in spoken order.
-
-    The service commits turns in order but may complete their transcriptions
-    out of order. Each ``committed`` event names its predecessor
-    (``previous_item_id``), so items are kept in a list ordered by that chain
-    and released from the head only once every earlier item is done
-    (completed, failed or abandoned).
-
-    Live models send deltas while the person is still speaking, before the
-    turn is committed: such an item waits, with its text so far, among the
-    *early* items, and joins the order only when its commit (or its final
-    text) arrives, so it never holds back turns committed before it.
-    """
-
-    def __init__(self) -> None:
-        self._order: list[str] = []
-        self._items: dict[str, _Item] = {}
-        self._early: dict[str, _Item] = {}
-
-    @property
-    def outstanding(self) -> int:
-        """Committed utterances whose final text has not been released yet."""
-        return len(self._order)
-
-    def committed(self, item_id: str, previous_item_id: str | None) -> None:
-        if item_id in self._items:
-            return
-        self._items[item_id] = self._early.pop(item_id, _Item(item_id))
-        if previous_item_id in self._order:
-            self._order.insert(self._order.index(previous_item_id) + 1, item_id)
-        else:
-            # The first turn of a session (or one whose predecessor is already
-            # released) follows everything still waiting.
-            self._order.append(item_id)
-
-    def delta(self, item_id: str, delta: str) -> str:
-        """Add a delta; returns the utterance's text so far."""
-        item = self._items.get(item_id) or self._early_item(item_id)
-        item.add(delta)
-        return normalise("".join(item.deltas))
-
-    def completed(self, item_id: str, transcript: str) -> list[tuple[str, str]]:
-        """Record a final transcript; returns the ``(item_id, text)`` now releasable, in order."""
-        item = self._item(item_id)
-        item.final, item.done = normalise(transcript), True
-        return self._release()
-
-    def failed(self, item_id: str) -> list[tuple[str, str]]:
-        """Give up on an utterance; later ones are no longer held back by it."""
-        self._item(item_id).done = True
-        return self._release()
-
-    def abandon_all(self) -> list[tuple[str, str]]:
-        """The session that owed these transcripts is gone: release what is complete, drop the rest."""
-        for item in self._items.values():
-            item.done = True
-        self._early.clear()
-        return self._release()
-
-    def _early_item(self, item_id: str) -> _Item:
-        item = self._early.get(item_id)
-        if item is None:
-            if len(self._early) >= MAX_EARLY_ITEMS:
-                del self._early[next(iter(self._early))]  # the oldest: never committed, never will be
-            item = self._early[item_id] = _Item(item_id)
-        return item
-
-    def _item(self, item_id: str) -> _Item:
-        if item_id not in self._items:
-            # A transcription for a turn whose commit we did not see: place it last.
-            self.committed(item_id, None)
-        return self._items[item_id]
-
-    def _release(self) -> list[tuple[str, str]]:
-        released = []
-        while self._order and self._items[self._order[0]].done:
-            item = self._items.pop(self._order.pop(0))
-            if item.final is not None:
-                released.append((item.item_id, item.final))
-        return released
-
-
-# ------------------------------------------------------------------ triggers
-
-_TRAILING = " \t\n.,!?;:…\"'"
-
-
-@dataclass(frozen=True)
-class TriggerMatch:
-    name: str
-    """``send`` or ``purge``."""
-    remainder: str
-    """The utterance without the trigger word."""
-
-
-class Triggers:
-    """Finds the send and purge words in a final utterance.
-
-    With ``position="end"`` a trigger counts only when it ends the utterance
-    (trailing punctuation aside), so "I will send you the file" stays text.
-    Purge is checked first: when both are said, dropping is the safe choice.
-    A pattern :func:`sttd.triggers.compile_pattern` refuses raises ConfigError.
-    """
-
-    def __init__(self, send: str, purge: str, position: str = "end") -> None:
-        # RE2 (sttd.triggers): matching is linear in the utterance, whatever the pattern.
-        self._patterns = [("purge", compile_pattern(purge)), ("send", compile_pattern(send))]
-        self._at_end = position == "end"
-
-    @property
-    def patterns(self) -> list[tuple[str, shaping.Matcher]]:
-        return list(self._patterns)
-
-    @property
-    def at_end(self) -> bool:
-        return self._at_end
-
-    def match(self, text: str) -> TriggerMatch | None:
-        stripped = text.rstrip(_TRAILING)
-        for name, pattern in self._patterns:
-            last = pattern.last_span(stripped)
-            if last is None:
-                continue
-            start, end = last
-            if self._at_end and end != len(stripped):
-                continue
-            remainder = stripped[:start] + stripped[end:]
-            return TriggerMatch(name, normalise(remainder).rstrip(_TRAILING))
-        return None
 
 
 # ------------------------------------------------------------ the dictation

@@ -23,193 +23,81 @@ logs and errors only as a short escaped excerpt. Everything that leaves on
 the bus as an error (replies, the ``Error`` signal, ``LastError``) passes
 through :func:`sttd.redact.redact`.
 
-The connection is a :class:`sttd.bus.Bus` (dbus-next, repaired so that a
-full socket buffer does not end it); :func:`export` can be called again
-after a loss, and :func:`stay_exported` does that for the daemon. At
-shutdown :meth:`SttdInterface.shutting_down` answers every call in flight.
+At shutdown :meth:`SttdInterface.shutting_down` answers every call in flight.
+
+The contract's names and limits, the :class:`Controller` protocol and the
+error mapping are in :mod:`sttd.dbus_contract`; getting on the bus and
+staying there (:func:`export`, :func:`stay_exported`) in
+:mod:`sttd.dbus_connection`. Both are re-exported here.
 
 No ``from __future__ import annotations`` here: dbus-next reads the D-Bus
 signatures from the annotations and cannot read a postponed ``None``.
 """
 
 import asyncio
-import functools
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any
 
-from dbus_next import DBusError, Message, MessageType, PropertyAccess, Variant
+from dbus_next import DBusError, Message, MessageType, PropertyAccess
 from dbus_next import introspection as intr
 from dbus_next.aio import MessageBus
-from dbus_next.constants import ErrorType, NameFlag, RequestNameReply
+from dbus_next.constants import ErrorType
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from . import core
 from .bus import Bus
-from .errors import SttdError
-from .redact import excerpt, redact
+from .dbus_connection import (
+    RECONNECT_DELAYS_S,
+    _connect_bus,
+    _export_on,
+    export,
+    own_name,
+    stay_exported,
+    wait_for_disconnect,
+)
+from .dbus_contract import (
+    BUS_NAME,
+    ERROR_PREFIX,
+    INTERFACE,
+    INVALID_ARGUMENT,
+    MAX_LANGUAGE_CHARS,
+    MAX_OUTWARD_CHARS,
+    MAX_STRING_CHARS,
+    OBJECT_PATH,
+    PROPERTIES,
+    SHUTDOWN_REPLY_S,
+    SHUTTING_DOWN,
+    Controller,
+    _dbus_errors,
+    _too_long,
+    outward,
+)
 
-if TYPE_CHECKING:  # sttd.audio loads numpy and libpulse: too slow for sttctl, which imports this module
-    from .audio import SourceInfo
+__all__ = [
+    "BUS_NAME",
+    "ERROR_PREFIX",
+    "INTERFACE",
+    "INVALID_ARGUMENT",
+    "MAX_LANGUAGE_CHARS",
+    "MAX_OUTWARD_CHARS",
+    "MAX_STRING_CHARS",
+    "OBJECT_PATH",
+    "PROPERTIES",
+    "RECONNECT_DELAYS_S",
+    "SHUTDOWN_REPLY_S",
+    "SHUTTING_DOWN",
+    "Controller",
+    "SttdInterface",
+    "connect",
+    "export",
+    "outward",
+    "own_name",
+    "stay_exported",
+    "wait_for_disconnect",
+]
 
 logger = logging.getLogger(__name__)
-
-BUS_NAME = "io.github.sttd.Sttd1"
-OBJECT_PATH = "/io/github/sttd/Sttd1"
-INTERFACE = "io.github.sttd.Sttd1"
-ERROR_PREFIX = f"{INTERFACE}.Error."
-PROPERTIES = "org.freedesktop.DBus.Properties"
-INVALID_ARGUMENT = ERROR_PREFIX + "InvalidArgument"
-SHUTTING_DOWN = ERROR_PREFIX + "ShuttingDown"
-"""The answer to a call that arrives, or is still running, once sttd is stopping."""
-MAX_STRING_CHARS = 4096
-"""The longest string argument any call takes; a longer one is refused before any work."""
-MAX_LANGUAGE_CHARS = 64
-"""The longest ``SetLanguage`` argument looked at (a code is two letters)."""
-MAX_OUTWARD_CHARS = 1000
-"""The longest error text sttd sends on the bus (a server's message may be any length)."""
-SHUTDOWN_REPLY_S = 2.0
-"""How long :meth:`SttdInterface.shutting_down` waits for the calls in flight and their replies."""
-RECONNECT_DELAYS_S = (0.2, 1.0, 2.0, 5.0, 10.0)
-"""Pauses before each attempt to get back on a lost session bus; then sttd gives up (and systemd restarts it)."""
-
-
-class Controller(Protocol):
-    """What the D-Bus layer needs from the daemon."""
-
-    @property
-    def dictation(self) -> core.Dictation: ...
-
-    @property
-    def source(self) -> str: ...
-
-    @property
-    def engine(self) -> str: ...
-
-    @property
-    def model(self) -> str:
-        """The transcription model in use (``gpt-live-transcribe``)."""
-        ...
-
-    async def start(self) -> None: ...
-
-    async def start_with(self, values: dict[str, Any]) -> None:
-        """Start with options already type-checked by :func:`sttd.options.check_types`."""
-        ...
-
-    def stop(self) -> None: ...
-
-    def cancel(self) -> None: ...
-
-    async def toggle(self) -> None: ...
-
-    def set_language(self, code: str) -> None: ...
-
-    def set_enabled(self, enabled: bool) -> None: ...
-
-    def send(self) -> None: ...
-
-    def purge(self) -> None: ...
-
-    async def list_sources(self) -> "list[SourceInfo]": ...
-
-    def output(self) -> "tuple[str, str]":
-        """The window output in use and why (``ibus``, ``type:wtype``, ...; see sttd.window)."""
-        ...
-
-    async def undo(self) -> str:
-        """Take back the text sttd last inserted into a window; what was removed. NothingToUndo / UserTyped."""
-
-    @property
-    def shortcuts_status(self) -> str:
-        """The desktop shortcuts: ``bound``, ``binding``, ``disabled`` or ``unavailable (<reason>)``."""
-        ...
-
-    async def list_shortcuts(self) -> list[tuple[str, str, str]]:
-        """``(id, description, trigger)`` as the desktop reports them; raises ``ShortcutsUnavailableError``."""
-        ...
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def outward(text: str, limit: int = MAX_OUTWARD_CHARS) -> str:
-    """``text`` as it may leave on the bus: secrets replaced, at most ``limit`` characters."""
-    text = redact(text[: limit * 4])  # redact before cutting: no half key at the cut
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _one_line(text: str) -> str:
-    """An error message as one log line: secrets replaced, control characters escaped, bounded."""
-    return outward(text, 240).encode("unicode_escape").decode("ascii")[:280]
-
-
-def _convert(name: str, exc: Exception) -> DBusError:
-    if isinstance(exc, SttdError):
-        logger.info("%s refused: %s", name, _one_line(str(exc)))
-        return DBusError(ERROR_PREFIX + exc.dbus_name, outward(str(exc)))
-    logger.exception("%s failed", name)
-    return DBusError(ERROR_PREFIX + "Failed", f"{name} failed: {exc.__class__.__name__} (details in sttd's log)")
-
-
-def _dbus_errors(fn: F) -> F:
-    """Turn sttd's errors into typed D-Bus errors and hide everything else's traceback.
-
-    An ``async`` handler is also one of the interface's calls in flight:
-    refused once sttd is shutting down, and answered with ``ShuttingDown``
-    when :meth:`SttdInterface.shutting_down` cancels it.
-    """
-    if _is_coroutine(fn):
-
-        @functools.wraps(fn)
-        async def async_wrapper(interface: "SttdInterface", *args: Any) -> Any:
-            if interface.closing:
-                raise DBusError(SHUTTING_DOWN, "sttd is shutting down")
-            task = asyncio.current_task()
-            assert task is not None
-            interface._calls.add(task)
-            try:
-                return await fn(interface, *args)
-            except DBusError:
-                raise
-            except asyncio.CancelledError:
-                if interface.closing:  # cancelled by shutting_down(): an answer, not a crash
-                    raise DBusError(SHUTTING_DOWN, f"sttd is shutting down; {fn.__name__} did not finish") from None
-                raise
-            except Exception as exc:
-                raise _convert(fn.__name__, exc) from None
-            finally:
-                interface._calls.discard(task)
-
-        return async_wrapper  # type: ignore[return-value]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        except DBusError:
-            raise
-        except Exception as exc:
-            raise _convert(fn.__name__, exc) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _too_long(member: str, body: list[Any]) -> str:
-    """Why a call's arguments are refused unread ("" when they are not): a string over the limits."""
-    limit = MAX_LANGUAGE_CHARS if member == "SetLanguage" else MAX_STRING_CHARS
-    for value in body:
-        text = value.value if isinstance(value, Variant) else value
-        if isinstance(text, str) and len(text) > limit:
-            return f"{member}: an argument of {len(text)} characters (at most {limit}): {excerpt(text, limit=20)}"
-    return ""
-
-
-def _is_coroutine(fn: Callable[..., Any]) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
 
 
 class _AnnotatedProperty(intr.Property):  # type: ignore[misc]
@@ -584,77 +472,6 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         return False
 
 
-async def export(interface: SttdInterface) -> MessageBus:
-    """Connect to the session bus, export ``interface`` on it and own :data:`BUS_NAME`.
-
-    Call it again, with the same interface, after the connection was lost.
-    Calls wait until :meth:`SttdInterface.serve` (once; it stays served).
-    Raises :class:`SttdError` when there is no session bus or another sttd
-    owns the name (requested without queueing, so a second daemon exits at
-    once).
-    """
-    bus = await _connect_bus()
-    _export_on(bus, interface)
-    await own_name(bus)
-    return bus
-
-
-async def wait_for_disconnect(bus: MessageBus) -> str:
-    """Return once ``bus`` is disconnected: why (``""`` when sttd disconnected it itself)."""
-    try:
-        await bus.wait_for_disconnect()
-    except Exception as exc:  # dbus-next raises whatever ended the connection
-        return excerpt(f"{exc.__class__.__name__}: {exc}")
-    return ""
-
-
-async def stay_exported(interface: SttdInterface) -> None:
-    """Keep ``interface`` on the session bus: after a lost connection, connect and own the name again.
-
-    Runs until cancelled, or until sttd leaves the bus itself
-    (:meth:`SttdInterface.disconnect`, or after :meth:`SttdInterface.shutting_down`):
-    then it returns. Raises :class:`SttdError` when
-    :data:`RECONNECT_DELAYS_S` attempts in a row failed; the daemon then
-    exits and systemd (or the next activating call) brings it back.
-    """
-    while True:
-        bus = interface.bus
-        assert bus is not None, "export() first"
-        reason = await wait_for_disconnect(bus)
-        if interface.closing or not reason:  # no reason: sttd disconnected it
-            return
-        logger.warning("lost the session bus connection (%s); reconnecting", reason)
-        await _reconnect(interface)
-
-
-async def _reconnect(interface: SttdInterface) -> None:
-    problem = ""
-    for delay in RECONNECT_DELAYS_S:
-        await asyncio.sleep(delay)
-        try:
-            await export(interface)
-        except SttdError as exc:
-            problem = str(exc)
-            logger.info("session bus: %s; trying again", problem)
-            continue
-        logger.info("back on the session bus as %s", BUS_NAME)
-        return
-    raise SttdError(f"lost the session bus and could not get back on it: {problem}")
-
-
-async def _connect_bus() -> MessageBus:
-    try:
-        return await Bus(cancelled_error=SHUTTING_DOWN).connect()
-    except (OSError, ValueError, EOFError, DBusError) as exc:
-        raise SttdError(f"cannot connect to the session bus: {excerpt(str(exc), limit=200)}") from None
-
-
-def _export_on(bus: MessageBus, interface: SttdInterface) -> None:
-    bus.add_message_handler(interface.check_arguments)
-    bus.export(OBJECT_PATH, interface)
-    interface._bus = bus
-
-
 async def connect(controller: Controller) -> tuple[MessageBus, SttdInterface]:
     """Connect to the session bus and export a new interface, without owning the name yet.
 
@@ -665,19 +482,3 @@ async def connect(controller: Controller) -> tuple[MessageBus, SttdInterface]:
     bus = await _connect_bus()
     _export_on(bus, interface)
     return bus, interface
-
-
-async def own_name(bus: MessageBus) -> None:
-    """Own :data:`BUS_NAME`; from here on the bus delivers calls (and activating ones).
-
-    Raises :class:`SttdError` (and disconnects) when another sttd owns it:
-    the name is requested without queueing, so a second daemon exits at once.
-    """
-    try:
-        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
-    except (OSError, EOFError, DBusError) as exc:
-        bus.disconnect()
-        raise SttdError(f"cannot own {BUS_NAME}: {excerpt(str(exc), limit=200)}") from None
-    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-        bus.disconnect()
-        raise SttdError(f"another sttd already owns {BUS_NAME} on this session bus")

@@ -1,5 +1,8 @@
 """Voice-trigger patterns: compiled with RE2, checked once, matched in linear time. No I/O.
 
+:class:`Triggers` finds the send and purge words in a final utterance
+(re-exported by :mod:`sttd.core`).
+
 A trigger pattern runs against every final utterance, inside the event loop.
 Python's ``re`` backtracks, so a pattern like ``(a+)+$`` took 6.8 s on one
 27-character utterance and froze the daemon. RE2 (``google-re2``) matches in
@@ -15,12 +18,17 @@ utterance (``.``), or one that can match without any text (``\\b``).
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import re2  # type: ignore[import-untyped]
 
+from .assembler import normalise
 from .errors import ConfigError
 from .redact import excerpt
+
+if TYPE_CHECKING:
+    from . import shaping
 
 MAX_PATTERN_CHARS = 1000
 """Longer patterns are refused: a trigger is a word or a phrase, and RE2's program size grows with the pattern."""
@@ -147,3 +155,52 @@ def _children(name: str, arg: Any) -> list[Any]:
     if name == "BRANCH":
         return [branch.data for branch in arg[1]]
     return []
+
+
+# ------------------------------------------------------- matching utterances
+
+_TRAILING = " \t\n.,!?;:…\"'"
+
+
+@dataclass(frozen=True)
+class TriggerMatch:
+    name: str
+    """``send`` or ``purge``."""
+    remainder: str
+    """The utterance without the trigger word."""
+
+
+class Triggers:
+    """Finds the send and purge words in a final utterance.
+
+    With ``position="end"`` a trigger counts only when it ends the utterance
+    (trailing punctuation aside), so "I will send you the file" stays text.
+    Purge is checked first: when both are said, dropping is the safe choice.
+    A pattern :func:`compile_pattern` refuses raises ConfigError.
+    """
+
+    def __init__(self, send: str, purge: str, position: str = "end") -> None:
+        # RE2: matching is linear in the utterance, whatever the pattern.
+        self._patterns = [("purge", compile_pattern(purge)), ("send", compile_pattern(send))]
+        self._at_end = position == "end"
+
+    @property
+    def patterns(self) -> list[tuple[str, shaping.Matcher]]:
+        return list(self._patterns)
+
+    @property
+    def at_end(self) -> bool:
+        return self._at_end
+
+    def match(self, text: str) -> TriggerMatch | None:
+        stripped = text.rstrip(_TRAILING)
+        for name, pattern in self._patterns:
+            last = pattern.last_span(stripped)
+            if last is None:
+                continue
+            start, end = last
+            if self._at_end and end != len(stripped):
+                continue
+            remainder = stripped[:start] + stripped[end:]
+            return TriggerMatch(name, normalise(remainder).rstrip(_TRAILING))
+        return None
