@@ -14,57 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .bus import SessionBus, require, wait_until
 from .daemon import command
+from .processes import end_process, start_xvfb
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def start_xvfb(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A private Xvfb; its process and ``DISPLAY``."""
-    read_end, write_end = os.pipe()
-    log = (directory / "xvfb.log").open("wb")
-    process = subprocess.Popen(
-        [require("Xvfb"), "-displayfd", str(write_end), "-nolisten", "tcp", "-screen", "0", "640x480x24"],
-        pass_fds=(write_end,),
-        stdout=log,
-        stderr=log,
-    )
-    os.close(write_end)
-    try:
-        number = b""
-        deadline = time.monotonic() + 15
-        while not number.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or process.poll() is not None:
-                raise AssertionError(f"Xvfb did not start: {(directory / 'xvfb.log').read_text()}")
-            if select.select([read_end], [], [], remaining)[0]:
-                chunk = os.read(read_end, 64)
-                if not chunk:
-                    raise AssertionError("Xvfb exited")
-                number += chunk
-    finally:
-        os.close(read_end)
-        log.close()
-    return process, f":{number.decode().strip()}"
-
-
-def _end(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class IbusDesktop:
@@ -206,7 +166,7 @@ class IbusDesktop:
 
     def close(self) -> None:
         for process in reversed(self._processes):
-            _end(process)
+            end_process(process)
 
 
 def _address(path: Path) -> str | None:

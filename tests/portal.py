@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from .bus import SessionBus, busctl, wait_until
+from .processes import end_process
 
 FRONTEND = "/usr/libexec/xdg-desktop-portal"
 DESKTOP = "sttdtest"
@@ -76,7 +77,7 @@ class Portal:
         return process
 
     def stop_frontend(self) -> None:
-        _stop(self.frontend)
+        end_process(self.frontend)
         wait_until(lambda: not _owned(self.bus, PORTAL_NAME), 10, "the portal to leave the bus", interval=0.05)
 
     def restart_frontend(self) -> None:
@@ -120,15 +121,5 @@ class Portal:
         return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
     def close(self) -> None:
-        _stop(self.frontend)
-        _stop(self.backend)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(self.frontend)
+        end_process(self.backend)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .bus import require, wait_until
+from .processes import end_process
 
 NOBODY = 65534
 
@@ -130,13 +131,7 @@ class SwayDesktop:
 
     def close(self) -> None:
         for process in reversed(self._processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            end_process(process)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import queue
-import select
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from sttd.output import Wtype, Xdotool, find_copier, find_typer, keysym, keysym_
 
 from .bus import SessionBus, require, wait_until
 from .daemon import Listener, Sttd, write_config
+from .processes import end_process, start_xvfb
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer, speech_wav, wav_samples, write_wav
 
@@ -486,41 +486,13 @@ def test_xdotool_gets_each_non_ascii_letter_with_both_cases_and_shift_for_capita
 @pytest.fixture
 def x_display(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A private Xvfb; ``DISPLAY`` points at it and ``WAYLAND_DISPLAY`` is unset for the test."""
-    xvfb = require("Xvfb")
-    read_end, write_end = os.pipe()
-    log = (tmp_path / "xvfb.log").open("wb")
-    process = subprocess.Popen(
-        [xvfb, "-displayfd", str(write_end), "-nolisten", "tcp", "-screen", "0", "640x480x24"],
-        pass_fds=(write_end,),
-        stdout=log,
-        stderr=log,
-    )
-    os.close(write_end)
+    process, display = start_xvfb(tmp_path)
     try:
-        number = b""
-        deadline = time.monotonic() + 15
-        while not number.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or process.poll() is not None:
-                raise AssertionError(f"Xvfb did not start: {(tmp_path / 'xvfb.log').read_text()}")
-            if select.select([read_end], [], [], remaining)[0]:
-                chunk = os.read(read_end, 64)
-                if not chunk:
-                    raise AssertionError(f"Xvfb exited: {(tmp_path / 'xvfb.log').read_text()}")
-                number += chunk
-        display = f":{number.decode().strip()}"
         monkeypatch.setenv("DISPLAY", display)
         monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
         yield display
     finally:
-        os.close(read_end)
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        end_process(process)
 
 
 class XClient:
