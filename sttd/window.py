@@ -260,18 +260,9 @@ class Paster:
             status, _ = await _run(("wtype", "-s", str(WTYPE_SETTLE_MS), *keys[1:]), environ)
             if status != 0:
                 raise OutputError(f'output.mode = "paste": wtype could not press {self.keys} (status {status})')
-            try:
-                async with asyncio.timeout(PASTE_WAIT_S):
-                    await offer.wait()  # it exits once it served the paste
-            except TimeoutError:
-                logger.warning(
-                    "output paste: the window did not paste within %g s; restoring the clipboard", PASTE_WAIT_S
-                )
+            await _until_pasted(offer)
         finally:
-            if offer.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(offer.pid, 9)
-                await offer.wait()
+            await _end_offer(offer)
             await self._restore_wayland(saved, environ)
 
     async def _wayland_empty(self, environ: Mapping[str, str]) -> bool:
@@ -314,18 +305,9 @@ class Paster:
             offer.stdin.close()
             key = PASTE_KEYS[self.keys][1]
             await _run(("xdotool", "key", "--clearmodifiers", key), {**environ, "LC_ALL": "C.UTF-8"})
-            try:
-                async with asyncio.timeout(PASTE_WAIT_S):
-                    await offer.wait()
-            except TimeoutError:
-                logger.warning(
-                    "output paste: the window did not paste within %g s; restoring the clipboard", PASTE_WAIT_S
-                )
+            await _until_pasted(offer)
         finally:
-            if offer.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(offer.pid, 9)
-                await offer.wait()
+            await _end_offer(offer)
             if status == 0:
                 restore = await asyncio.create_subprocess_exec(
                     "xclip", "-selection", "clipboard", "-in",
@@ -333,3 +315,20 @@ class Paster:
                     stderr=asyncio.subprocess.DEVNULL, env=_tool_env(environ), start_new_session=True,
                 )  # fmt: skip
                 await restore.communicate(saved)
+
+
+async def _until_pasted(offer: asyncio.subprocess.Process) -> None:
+    """Wait until the serve-once clipboard tool exits: the window has taken the paste (or PASTE_WAIT_S passed)."""
+    try:
+        async with asyncio.timeout(PASTE_WAIT_S):
+            await offer.wait()
+    except TimeoutError:
+        logger.warning("output paste: the window did not paste within %g s; restoring the clipboard", PASTE_WAIT_S)
+
+
+async def _end_offer(offer: asyncio.subprocess.Process) -> None:
+    """The clipboard tool is not left serving the dictated text once the user's clipboard comes back."""
+    if offer.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(offer.pid, 9)
+        await offer.wait()
