@@ -15,6 +15,7 @@ little; the wake-ups do not depend on load at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from .harness import _read, _tasks, finish, memory_kb, play
-from .measurements import _talk, wait_first_audio
-from .plan import SMOKE, log
+from .measurements import _talk, streaming, wait_first_audio
+from .plan import FULL, SMOKE, log
 from .rig import Daemon, Rig, SttdClient
 from .stimuli import speech
 
@@ -109,6 +110,19 @@ def profile(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def latency(chunk_ms: int, clicks_s: float) -> dict[str, Any]:
+    """The main run's capture → wire measurement alone (clicks, the reference recorder), for one sttd."""
+    directory = Path(tempfile.mkdtemp(prefix="sttd-latency-", dir="/tmp"))
+    rig = Rig(dataclasses.replace(FULL, cpu_s=2.0, clicks_s=clicks_s), directory)
+    try:
+        daemon = Daemon(rig, "sttd", chunk_ms=chunk_ms)
+        result = streaming(rig, SttdClient(daemon), f"sttd-{chunk_ms}ms")
+        return {"chunk_ms": chunk_ms, "capture_to_wire_ms": result["capture_to_wire_ms"], "clicks": result["clicks"]}
+    finally:
+        rig.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="speech to stream (default 12)")
@@ -117,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", type=Path, help="also sample with py-spy into this collapsed-stack file")
     parser.add_argument("--native", action="store_true", help="py-spy: C frames too")
     parser.add_argument("--perf", type=Path, help="instead: perf record (cpu-clock, call graphs) into this file")
+    parser.add_argument("--latency", action="store_true", help="instead: capture → wire latency alone (clicks)")
     args = parser.parse_args(argv)
     for _ in range(args.runs):
+        if args.latency:
+            log(json.dumps(latency(args.chunk_ms, args.seconds)))
+            continue
         result = profile(args.seconds, args.chunk_ms, args.py_spy, args.native, args.perf)
         log(json.dumps(result))
     return 0

@@ -25,6 +25,7 @@ import pulsectl
 
 from .capture_worker import Outlet, Worker
 from .errors import AudioError
+from .inbox import Inbox
 from .libpulse import BYTES_PER_MS, PA_INVALID_INDEX, SAMPLE_RATE, connect, server_label
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Capture:
         self._on_source = on_source
         self._client_name = client_name
         self._worker: Worker | None = None
+        self._inbox: Inbox[tuple[object, list[bytes], float | None]] | None = None
+        """Where the current worker's frames come in; made with the worker, closed once it has ended."""
         self._recording = False
         """start() was called and neither pause() nor stop() since."""
         self._generation: object | None = None
@@ -150,6 +153,9 @@ class Capture:
     def _launch(self, outlet: Outlet | None) -> Worker:
         if self._worker is not None:
             self._worker.close()
+        if self._inbox is not None:
+            self._inbox.close()  # the worker it served has ended
+        self._inbox = Inbox(self._loop, self._deliver_frames)
         worker = Worker(source=self._source, chunk_ms=self._chunk_ms, client_name=self._client_name, outlet=outlet)
         self._worker = worker
         worker.launch()
@@ -171,6 +177,8 @@ class Capture:
         generation = self._generation
 
         def resolve() -> None:
+            if self._inbox is not None:
+                self._inbox.drain()  # the frames handed over before the park came first
             if not parked.done():
                 parked.set_result(None)
 
@@ -202,11 +210,16 @@ class Capture:
         try:
             await asyncio.to_thread(worker.join)
         finally:
+            if self._inbox is not None and not worker.thread.is_alive():
+                self._inbox.drain()  # its last frames, before nothing is delivered any more
             if self._worker is worker:
                 self._worker, self._generation, self._starting = None, None, None
                 self._source_name, self._recording = "", False
             if not worker.thread.is_alive():
                 worker.close()
+                if self._worker is None and self._inbox is not None:
+                    self._inbox.close()
+                    self._inbox = None
 
     def _outlet(self, generation: object, started: asyncio.Future[None]) -> Outlet:
         """Thread-safe hand-over functions for the worker of ``generation``."""
@@ -225,30 +238,35 @@ class Capture:
             else:
                 started.set_exception(error)
 
-        call, deliver = self._loop.call_soon_threadsafe, self._deliver_frames
-
-        def frames(batch: list[bytes]) -> None:  # every wake-up of the capture thread: the shortest way
-            try:  # noqa: SIM105 (suppress() would cost a call each time)
-                call(deliver, generation, batch)
-            except RuntimeError:  # the loop is closed
-                pass
+        def frames(batch: list[bytes], peak: float | None) -> None:  # every wake-up of the capture thread
+            inbox = self._inbox  # made before the worker started, closed only once it has ended
+            if inbox is not None:
+                inbox.put((generation, batch, peak))
 
         return Outlet(
             frames=frames,
-            level=(lambda peak: post(self._on_level, peak)) if self._on_level else None,
+            metered=self._on_level is not None,
             problem=lambda message: post(self._on_problem, message),
             source=lambda name: post(self._set_source_name, name),
             started=lambda error: post(start_result, error),
         )
 
-    def _deliver_frames(self, generation: object, batch: list[bytes]) -> None:
+    def _deliver_frames(self, item: tuple[object, list[bytes], float | None]) -> None:
+        generation, batch, peak = item
         if generation is self._generation:
             on_frame = self._on_frame
             for frame in batch:
                 on_frame(frame)
+            if peak is not None and self._on_level is not None:
+                self._on_level(peak)
 
     def _deliver(self, generation: object, callback: Callable[..., None], args: tuple[Any, ...]) -> None:
-        """Loop thread: run a callback from the capture thread unless that capture was stopped since."""
+        """Loop thread: run a callback from the capture thread unless that capture was stopped since.
+
+        The frames the thread handed over before it posted this go first.
+        """
+        if self._inbox is not None:
+            self._inbox.drain()
         if generation is self._generation:
             callback(*args)
 

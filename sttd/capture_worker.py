@@ -100,9 +100,11 @@ _Parked = Callable[[], None]
 class Outlet:
     """What the capture thread hands over; each callable is safe to call from any thread."""
 
-    frames: Callable[[list[bytes]], None]
-    """Frames in order, handed over together: one wake-up of the loop per mainloop wake-up."""
-    level: Callable[[float], None] | None
+    frames: Callable[[list[bytes], float | None], None]
+    """Frames in order, handed over together with the level peak when one is due (else None):
+    one wake-up of the loop per mainloop wake-up, the level included."""
+    metered: bool
+    """Whether a level peak is wanted at all."""
     problem: Callable[[str], None]
     source: Callable[[str], None]
     started: Callable[[AudioError | None], None]
@@ -335,16 +337,17 @@ class Worker(SourceFollowing):
         if not ready:
             return
         self._ready = []
-        if out.level is not None:
+        peak = None
+        if out.metered:
+            meter = self._meter
             for frame in ready:
-                if (peak := self._meter.feed(frame)) is not None:
-                    out.level(peak)
-        out.frames(ready)
+                peak = meter.feed(frame) if peak is None else peak
+        out.frames(ready, peak)
 
 
 def _ignore(*_args: Any) -> None:
     pass
 
 
-_NOWHERE = Outlet(frames=_ignore, level=None, problem=_ignore, source=_ignore, started=_ignore)
+_NOWHERE = Outlet(frames=_ignore, metered=False, problem=_ignore, source=_ignore, started=_ignore)
 """Where a parked worker's hand-overs go: nobody is listening."""

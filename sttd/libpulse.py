@@ -205,6 +205,8 @@ class RecordStream:
             raise AudioError(f"cannot create a record stream: {pa_error(pulse)}")
         self._ptr = ptr
         self._on_data = on_data
+        self._peek_data, self._peek_size = ctypes.c_void_p(), ctypes.c_size_t()
+        self._peek_data_ref, self._peek_size_ref = ctypes.byref(self._peek_data), ctypes.byref(self._peek_size)
         # ctypes callbacks must outlive the stream's use of them: keep them on self.
         self._read_cb = _READ_CB(self._on_read)
         self._notify_cb = _NOTIFY_CB(lambda _stream, _userdata: on_change())
@@ -249,12 +251,15 @@ class RecordStream:
     def suspended(self) -> bool:
         return int(_pa_stream_is_suspended(self._ptr)) > 0
 
-    def _on_read(self, _stream: int | None, _nbytes: int, _userdata: int | None) -> None:
-        data, size = ctypes.c_void_p(), ctypes.c_size_t()
+    def _on_read(self, _stream: int | None, nbytes: int, _userdata: int | None) -> None:
+        # nbytes is what is readable now: usually one fragment, one peek (a peek to find nothing
+        # left would be one more ctypes call per frame). The ctypes out-arguments are made once.
+        data, size, peek, drop, ptr = self._peek_data, self._peek_size, _pa_stream_peek, _pa_stream_drop, self._ptr
         try:
-            while _pa_stream_peek(self._ptr, ctypes.byref(data), ctypes.byref(size)) == 0 and size.value:
+            while nbytes > 0 and peek(ptr, self._peek_data_ref, self._peek_size_ref) == 0 and size.value:
+                nbytes -= size.value
                 chunk = ctypes.string_at(data.value, size.value) if data.value else bytes(size.value)
-                _pa_stream_drop(self._ptr)
+                drop(ptr)
                 self._on_data(chunk)
         except Exception:
             log.exception("reading the record stream failed")

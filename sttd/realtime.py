@@ -38,6 +38,7 @@ from .redact import excerpt
 from .sockets import split_unix_url
 from .vad import SpeechStarted, SpeechStopped, VadSettings, VoiceDetector
 from .wakeup import Wakeup
+from .wsframe import send_text_now
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ class RealtimeSession:
         self._wake = Wakeup()  # the sender sleeps on it: no task and timer per frame
         self._cancelled = asyncio.Event()
         self._ws: ClientConnection | None = None
+        self._idle_ws: ClientConnection | None = None
+        """The connection while its sender sleeps with nothing queued: send_audio may write to it at once."""
         self._update_id: str | None = None
         self._connected_at = 0.0
         self._healthy = False
@@ -176,10 +179,22 @@ class RealtimeSession:
         if self._phase is _Phase.CANCELLED:
             return
         self._ledger.add(pcm)
+        ws = self._idle_ws
+        # The sender is asleep with nothing before this frame: write it here rather than wake a
+        # task for it (a future, a task step and a websockets send context per frame).
+        if ws is None or not self._send_now(ws, pcm):
+            self._wake.set()
         if self._detector is not None:
             for decision in self._detector.feed(pcm):
                 self._turn_decided(decision)
-        self._wake.set()
+
+    def _send_now(self, ws: ClientConnection, pcm: bytes) -> bool:
+        """Write ``pcm`` synchronously if it is the only thing queued; False when it must wait for the sender."""
+        # Anything queued before it (a frame the transport refused, a commit mark) goes first, from the sender.
+        if self._ledger.next_frame() is not pcm or not send_text_now(ws, self._events.append_json(pcm)):
+            return False
+        self._ledger.sent(time.monotonic())
+        return True
 
     def _turn_decided(self, decision: SpeechStarted | SpeechStopped) -> None:
         """sttd's own voice detection heard a turn begin or end."""
@@ -190,6 +205,7 @@ class RealtimeSession:
         else:
             # Everything captured up to here is the turn; what follows belongs to the next one.
             self._ledger.add_commit()
+            self._wake.set()  # the commit goes out from the sender
             event = p.SpeechStopped(f"{CLIENT_TURN_PREFIX}{self._turns}", decision.audio_end_ms)
         self._ledger.client_speech = isinstance(decision, SpeechStarted)
         self._listener.session_event(event)
@@ -432,7 +448,9 @@ class RealtimeSession:
             while (frame := self._ledger.next_frame()) is not None:
                 # If the connection dies during this send, the frame stays queued for the next one.
                 if isinstance(frame, bytes):
-                    await ws.send(self._events.append_json(frame), text=True)  # bytes: no encode
+                    payload = self._events.append_json(frame)
+                    if not send_text_now(ws, payload):
+                        await ws.send(payload, text=True)  # bytes: no encode
                 elif self._ledger.uncommitted_ms >= p.MIN_COMMIT_MS:  # the service refuses less
                     await self._commit(ws)
                 self._ledger.sent(time.monotonic())
@@ -449,7 +467,12 @@ class RealtimeSession:
                 raise Retry("session rollover before the service's time limit", counts=False, planned=True)
             self._wake.clear()
             timeout = flush.next_check() if flush else 1.0
-            await self._wake.wait(timeout)
+            # Running with nothing queued: frames captured meanwhile are written by send_audio.
+            self._idle_ws = ws if flush is None and self._phase is _Phase.RUNNING else None
+            try:
+                await self._wake.wait(timeout)
+            finally:
+                self._idle_ws = None
 
     async def _commit(self, ws: ClientConnection) -> None:
         logger.debug("committing %d ms of audio", self._ledger.uncommitted_ms)
