@@ -12,8 +12,10 @@ VAD commits). Both engines run in the same invocation:
 * **baseline**: ``STTD_ENGINE_PARTIALS=off STTD_ENGINE_SHORT_FINALS=off``,
   the engine before this work (no deltas before the commit; every final
   encodes a full 30 s window);
+* **no-lookahead**: ``STTD_ENGINE_SPECULATIVE_FINALS=off``, the live engine
+  with finals decoded only once committed;
 * **live**: partial drafts from 0.45 s after the onset, finals from a window
-  of the turn's own length.
+  of the turn's own length, decoded ahead when the pause begins.
 
 Figures per mode: speech onset → first delta (live model only), end of voice
 → ``completed`` (p50, p99), engine CPU seconds per minute of audio streamed,
@@ -63,7 +65,12 @@ SENTENCES = (
     "turn off the lights in the kitchen before you go to bed",
 )
 GAP_S = 1.5
-MODES = {"baseline": {"STTD_ENGINE_PARTIALS": "off", "STTD_ENGINE_SHORT_FINALS": "off"}, "live": {}}
+MODES = {
+    "baseline": {"STTD_ENGINE_PARTIALS": "off", "STTD_ENGINE_SHORT_FINALS": "off"},
+    "no-lookahead": {"STTD_ENGINE_SPECULATIVE_FINALS": "off"},
+    "live": {},
+}
+"""baseline: the engine before issue 15; no-lookahead: live, but finals decoded only once committed."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -224,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["gpt-live-transcribe", "gpt-4o-mini-transcribe"])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = []
     for sessions in args.sessions:
         for model in args.models:
-            for mode in MODES:
+            for mode in args.modes:
                 row = asyncio.run(measure(mode, sessions, args.rounds, model))
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)

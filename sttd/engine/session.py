@@ -29,6 +29,10 @@ for the coming item (:class:`~sttd.engine.partials.Agreement`). Its
 commit, the final decode's text beyond what was sent comes as one more
 delta; when the final does not continue the sent text, only ``completed``
 follows (the client replaces the partial text with it).
+
+Every session's final may be decoded ahead, when its pause begins
+(:mod:`sttd.engine.speculative`): with server VAD from the buffer's own
+pause, for the live models from the drafts' speech tracker.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +58,8 @@ from ..redact import excerpt
 from .partials import Agreement, SpeechTracker, final_delta
 from .resample import Resampler
 from .session_config import DEFAULT_VAD, EventRefused, SessionConfig, Transcription, apply_update, diagnose
-from .transcriber import ModelUnavailableError, Transcriber
+from .speculative import Lookahead
+from .transcriber import ModelUnavailableError, Piece, Speculation, Transcriber
 from .transcriber import Request as TranscriptionRequest
 from .vad import RATE, SAMPLES_PER_MS, WINDOW, FloatArray, InputBuffer, SpeechProbe, SpeechStart, SpeechStop
 
@@ -108,6 +113,8 @@ class _Turn:
     reports_languages: bool
     sent: str = ""
     """What partial deltas already sent of this item's text."""
+    speculation: Speculation | None = None
+    """Its final decoded ahead (its request, the same audio's beginning and no speech after it)."""
     committed_at: float = field(default_factory=time.monotonic)
 
 
@@ -170,6 +177,14 @@ class _Drafts:
         lead = 0 if self.onset is None else max(0, self.onset - int(PARTIAL_LEAD_S * RATE) - self.start)
         return joined[lead:]
 
+    def turn_audio(self) -> tuple[FloatArray, int] | None:
+        """The whole turn so far and the stream position after it; None when some of it was not kept."""
+        if self._size != self.end - self.start:
+            return None
+        joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        self._chunks = [joined]
+        return joined, self.end
+
     def restart(self) -> tuple[str | None, str]:
         """The turn is committed or cleared: its item id and sent text; drafts start afresh after it."""
         if self.task is not None:
@@ -206,6 +221,7 @@ class Session:
         self._drafts: _Drafts | None = None
         self._draft_tasks: set[asyncio.Task[None]] = set()
         """The partial text of the turn in progress, for a live model without turn detection."""
+        self._lookahead = Lookahead(context.transcriber)
 
     def session_object(self) -> dict[str, Any]:
         return {
@@ -259,6 +275,7 @@ class Session:
             elif kind == "input_audio_buffer.clear":
                 self.buffer.clear()
                 self.speech_item = None
+                self._lookahead.drop()
                 if self._drafts is not None:
                     self._drafts.restart()
                 await self.send(self._events.cleared())
@@ -278,6 +295,7 @@ class Session:
         if self.config.vad != self.buffer.vad:
             self.speech_item = None
         self.buffer.set_vad(self.config.vad)
+        self._lookahead.drop()
         if not self._drafting():
             self._stop_drafts()
         logger.debug(
@@ -303,7 +321,9 @@ class Session:
                 item = self.speech_item or self._events.new_item_id()
                 self.speech_item = None
                 await self.send(self._events.speech_stopped(item, decision.end // SAMPLES_PER_MS))
-                await self._commit(item, decision.audio, client=False)
+                await self._commit(item, decision.audio, client=False, mark=decision.silence_start)
+        if self.config.vad is not None:
+            self._speculate_in_pause()
         if self.buffer.dropped > dropped and dropped == 0:
             logger.warning("session %s: the uncommitted buffer is full; dropping its oldest audio", self.id)
 
@@ -315,22 +335,45 @@ class Session:
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"{MIN_COMMIT_MS}ms of audio, but buffer only has {buffered:.2f}ms of audio.",
             )
+        if self._drafts is not None:
+            self._lookahead.heard(self._drafts.speech.last_speech)
         drafted, sent = self._drafts.restart() if self._drafts is not None else (None, "")
         item = self.speech_item or drafted or self._events.new_item_id()
         self.speech_item = None
         _, audio = self.buffer.take()
         await self._commit(item, audio, client=True, sent=sent)
 
-    async def _commit(self, item: str, audio: npt.NDArray[np.float32], *, client: bool, sent: str = "") -> None:
+    async def _commit(
+        self, item: str, audio: npt.NDArray[np.float32], *, client: bool, sent: str = "", mark: int | None = None
+    ) -> None:
         previous, self.last_item = self.last_item, item
         await self.send(self._events.committed(item, previous))
         await self.send(self._events.item_added(item, previous))
         # A client commit's audio was not cut by the VAD: let Silero drop what is not speech
         # (silence sent after the last words, or a whole buffer of it in manual mode).
-        threshold = (self.config.vad or DEFAULT_VAD).threshold if client else None
+        request = self._final_request(audio, client=client)
+        speculation = self._lookahead.take(request, mark)
         reports = self.config.reports_languages
-        request = self._request(audio, vad_threshold=threshold, report_language=reports)
-        self.turns.put_nowait(_Turn(item, previous, audio, request, reports, sent))
+        self.turns.put_nowait(_Turn(item, previous, audio, request, reports, sent, speculation))
+
+    def _final_request(self, audio: npt.NDArray[np.float32], *, client: bool) -> TranscriptionRequest:
+        """What a committed turn of ``audio`` is transcribed with (or would be, for a speculative final)."""
+        threshold = (self.config.vad or DEFAULT_VAD).threshold if client else None
+        return self._request(audio, vad_threshold=threshold, report_language=self.config.reports_languages)
+
+    def _speculate_in_pause(self) -> None:
+        """Server VAD: decode the final ahead once a pause in the speech has lasted a little."""
+        pause = self.buffer.pause
+        if pause is None:
+            if self._lookahead.mark is not None:
+                self._lookahead.drop()  # the pause it was taken in ended in speech (or in the commit)
+            return
+        begun, scored = pause
+        if self._lookahead.mark not in (None, begun):
+            self._lookahead.drop()
+        if self._lookahead.due(begun, scored, mark=begun):
+            _, audio = self.buffer.peek(scored)
+            self._lookahead.start(self._final_request(audio, client=False), scored, mark=begun)
 
     def _request(self, audio: npt.NDArray[np.float32], **extra: Any) -> TranscriptionRequest:
         """What Whisper is asked for this session's audio: its language, prompt and keywords, plus ``extra``."""
@@ -360,6 +403,13 @@ class Session:
             self._drafts = _Drafts(self.context.new_probe())
         drafts = self._drafts
         drafts.add(samples)
+        last = drafts.speech.last_speech
+        self._lookahead.heard(last)
+        speaking = drafts.onset is not None and last is not None and last > drafts.start
+        if speaking and self._lookahead.due(last, drafts.speech.position):
+            turn = drafts.turn_audio()
+            if turn is not None:
+                self._lookahead.start(self._final_request(turn[0], client=True), turn[1])
         if drafts.due():
             drafts.task = asyncio.create_task(self._run_draft(drafts, drafts.audio()))
             # Keep a reference until it ends: drafts.task is dropped before its delta is sent.
@@ -392,12 +442,24 @@ class Session:
         while True:
             await self._transcribe(await self.turns.get())
 
+    async def _pieces(self, turn: _Turn) -> AsyncIterator[Piece]:
+        """The turn's final: its speculation's result when there is one, else a decode now."""
+        if turn.speculation is not None:
+            ahead = await turn.speculation.result
+            if ahead is not None:
+                logger.debug("session %s: %s: the final decoded ahead is the final", self.id, turn.item_id)
+                if ahead[0].strip():
+                    yield Piece(*ahead)
+                return
+        async for piece in self.context.transcriber.transcribe(turn.request):
+            yield piece
+
     async def _transcribe(self, turn: _Turn) -> None:
         seconds = turn.audio.size / (SAMPLES_PER_MS * 1000)
         deltas: list[str] = []
         language = ""
         try:
-            async for piece in self.context.transcriber.transcribe(turn.request):
+            async for piece in self._pieces(turn):
                 delta = piece.text if deltas else piece.text.lstrip()
                 language = piece.language or language
                 if delta.strip():

@@ -31,6 +31,13 @@ tells it from its own window's encoder output (CTranslate2's
 decodes with (faster-whisper's ``multilingual`` mode). Either way the window
 is encoded once. ``STTD_ENGINE_SHORT_FINALS=off`` restores the full path
 for every final (the bench's baseline).
+
+A *speculative final* (:meth:`Transcriber.speculate`) is a committed turn's
+short-window final decoded before its commit, when the session's voice
+detection hears a pause begin: if the commit then finds no speech after that
+decode's audio, the result is the final (:mod:`sttd.engine.speculative`).
+In the worker it comes after every committed turn waiting and before every
+draft, so it delays another session's final no more than a draft does.
 """
 
 from __future__ import annotations
@@ -71,6 +78,10 @@ MAX_COMPRESSION_RATIO = 2.4
 """...and so is one whose text compresses better than this (a loop; faster-whisper's threshold too)."""
 SHORT_FINALS = os.environ.get("STTD_ENGINE_SHORT_FINALS", "on") != "off"
 """Off: every final takes the full 30 s window (the engine as it was: the bench's baseline)."""
+SPECULATIVE_FINALS = SHORT_FINALS and os.environ.get("STTD_ENGINE_SPECULATIVE_FINALS", "on") != "off"
+"""Off: finals are decoded only once committed (an A/B switch for the bench)."""
+FINAL, SPECULATIVE, DRAFT = 0, 1, 2
+"""Priorities in the worker, best first."""
 TEMPERATURES = (0.0, 0.4, 0.8)
 """Fallback temperatures when a decode looks like a failure (repetition, low probability)."""
 
@@ -153,6 +164,36 @@ class Piece:
     """The language it was decoded in; "" when each segment detected its own (not reported)."""
 
 
+class Speculation:
+    """A short-window final decoded ahead of its commit (see :meth:`Transcriber.speculate`).
+
+    :attr:`result` resolves to ``(text, language)``, or None when there is no
+    usable result (abandoned before it started, unsound, failed): the final is
+    then decoded as usual. Awaiting it is safe to cancel.
+    """
+
+    def __init__(self, request: Request, result: asyncio.Future[tuple[str, str] | None]) -> None:
+        self.request = request
+        self.result = result
+        self._lock = threading.Lock()
+        self._started = False
+        self._abandoned = False
+
+    def claim(self) -> bool:
+        """The worker is about to decode it: False when it was abandoned first."""
+        with self._lock:
+            if not self._abandoned:
+                self._started = True
+            return self._started
+
+    def abandon(self) -> bool:
+        """Give up on it unless the worker has started it; returns whether it has (its result will come)."""
+        with self._lock:
+            if not self._started:
+                self._abandoned = True
+            return self._started
+
+
 class ModelUnavailableError(Exception):
     """The model could not be loaded; every turn fails with this message."""
 
@@ -182,9 +223,9 @@ class Transcriber:
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
-        # Work waiting for the thread, best first: (draft?, arrival, run, never_ran). One executor
-        # task per entry pops the best entry when it runs, so committed turns overtake drafts.
-        self._waiting: list[tuple[bool, int, Callable[[], None], Callable[[], None]]] = []
+        # Work waiting for the thread, best first: (priority, arrival, run, never_ran). One executor
+        # task per entry pops the best entry when it runs, so committed turns overtake the rest.
+        self._waiting: list[tuple[int, int, Callable[[], None], Callable[[], None]]] = []
         self._lock = threading.Lock()
         self._arrivals = itertools.count()
         self._model: Any = None
@@ -407,7 +448,7 @@ class Transcriber:
                 put("done", None)
 
         self.start_loading()
-        self._submit(request.draft, work, never_ran)
+        self._submit(DRAFT if request.draft else FINAL, work, never_ran)
         try:
             while True:
                 kind, value = await queue.get()
@@ -422,8 +463,50 @@ class Transcriber:
             # An entry that has not started returns at once when its turn comes.
             abandoned.set()
 
-    def _submit(self, draft: bool, work: Callable[[], None], never_ran: Callable[[], None]) -> None:
-        entry = (draft, next(self._arrivals), work, never_ran)
+    def speculate(self, request: Request) -> Speculation:
+        """Decode ``request`` (a turn not yet committed) the way its final would be, in the background.
+
+        Only the short-window path is tried (:meth:`_short_final`); a turn it
+        would not do gets None, and its final is decoded as usual once
+        committed. Runs after every committed turn waiting, before drafts.
+        Must be called on the event loop; :meth:`Speculation.abandon` drops it
+        if it has not started.
+        """
+        loop = asyncio.get_running_loop()
+        speculation = Speculation(request, loop.create_future())
+
+        def resolve(value: tuple[str, str] | None) -> None:
+            if not speculation.result.done():  # awaited and cancelled meanwhile: nobody wants it
+                speculation.result.set_result(value)
+
+        def put(value: tuple[str, str] | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(resolve, value)
+
+        def work() -> None:
+            if not speculation.claim():
+                put(None)
+                return
+            result = None
+            if self._model is not None:
+                try:
+                    result = self._short_final(request)
+                except Exception as exc:  # the final will be decoded again and report it
+                    logger.debug("a speculative final failed: %s: %s", exc.__class__.__name__, exc)
+            put(result)
+
+        self.start_loading()
+        if not SPECULATIVE_FINALS:
+            resolve(None)
+            return speculation
+        try:
+            self._submit(SPECULATIVE, work, lambda: put(None))
+        except ModelUnavailableError:
+            resolve(None)
+        return speculation
+
+    def _submit(self, priority: int, work: Callable[[], None], never_ran: Callable[[], None]) -> None:
+        entry = (priority, next(self._arrivals), work, never_ran)
         with self._lock:
             heapq.heappush(self._waiting, entry)
         try:

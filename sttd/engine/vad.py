@@ -75,6 +75,8 @@ class SpeechStop:
     start: int
     """The turn's first sample."""
     audio: FloatArray
+    silence_start: int | None = None
+    """Where the silence that ended it began (None: cut at :data:`MAX_TURN_S`)."""
 
 
 Decision = SpeechStart | SpeechStop
@@ -152,6 +154,12 @@ class _Chunks:
                 self._chunks[0] = head[count:]
                 count = 0
 
+    def peek(self, count: int) -> FloatArray:
+        """A copy of the first ``count`` samples, leaving them in place."""
+        joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
+        self._chunks = deque([joined] if joined.size else [])
+        return joined[: min(count, joined.size)].copy()
+
     def take(self, count: int) -> FloatArray:
         count = min(count, self.size)
         joined = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.float32)
@@ -208,6 +216,17 @@ class InputBuffer:
             return 0.0
         return self.buffered_ms
 
+    @property
+    def pause(self) -> tuple[int, int] | None:
+        """With speech in progress and a silence begun in it: ``(silence start, end of the windows scored)``."""
+        if not self._speaking or self._silence_start is None:
+            return None
+        return self._silence_start, self.total - self._pending.size
+
+    def peek(self, upto: int) -> tuple[int, FloatArray]:
+        """``(start, audio)``: a copy of the buffer up to timeline position ``upto``, which stays buffered."""
+        return self.start, self._audio.peek(max(0, upto - self.start))
+
     def set_vad(self, vad: VadSettings | None) -> None:
         """Change turn detection; speech in progress is forgotten when it changes."""
         if vad != self._vad:
@@ -259,10 +278,11 @@ class InputBuffer:
             self._silence_start is not None and end - self._silence_start >= vad.silence_duration_ms * SAMPLES_PER_MS
         )
         if silent or end - self._turn_start >= MAX_TURN_S * RATE:
+            silence_start = self._silence_start if silent else None
             self._speaking = False
             self._silence_start = None
             start, audio = self._cut(end)
-            return SpeechStop(end, start, audio)
+            return SpeechStop(end, start, audio, silence_start)
         return None
 
     def _drop_before(self, position: int) -> None:
