@@ -65,6 +65,8 @@ SENTENCES = (
     "turn off the lights in the kitchen before you go to bed",
 )
 GAP_S = 1.5
+LOG_LEVEL = os.environ.get("BENCH_ENGINE_LOG", "WARNING")
+"""The engine's log level (DEBUG: each draft and final with its decode time, relayed to this logger)."""
 MODES = {
     "baseline": {"STTD_ENGINE_PARTIALS": "off", "STTD_ENGINE_SHORT_FINALS": "off"},
     "no-lookahead": {"STTD_ENGINE_SPECULATIVE_FINALS": "off"},
@@ -171,7 +173,7 @@ async def measure(mode: str, sessions: int, rounds: int, model: str) -> dict[str
     sock_dir = tempfile.mkdtemp(prefix="sttd-b-", dir="/tmp")
     sock = os.path.join(sock_dir, "engine.sock")
     try:
-        process = EngineProcess(LocalConfig(model=str(MODEL_DIR)), log_level="WARNING", unix_socket=sock)
+        process = EngineProcess(LocalConfig(model=str(MODEL_DIR)), log_level=LOG_LEVEL, unix_socket=sock)
         async with process as ep:
             # The engine's second stdout line: loaded (and warmed up), so loading is not in the figures.
             problem = await process.model_problem(120)

@@ -488,9 +488,15 @@ class Transcriber:
                 put(None)
                 return
             result = None
+            started = time.monotonic()
             if self._model is not None:
                 try:
                     result = self._short_final(request)
+                    logger.debug(
+                        "a speculative final of %.2f s in %.2f s",
+                        request.audio.size / 16000,
+                        time.monotonic() - started,
+                    )
                 except Exception as exc:  # the final will be decoded again and report it
                     logger.debug("a speculative final failed: %s: %s", exc.__class__.__name__, exc)
             put(result)
