@@ -76,6 +76,9 @@ SHORT_MIN_LOGPROB = -1.0
 (faster-whisper's own threshold for a temperature fallback)."""
 MAX_COMPRESSION_RATIO = 2.4
 """...and so is one whose text compresses better than this (a loop; faster-whisper's threshold too)."""
+MAX_WORDS_PER_S = 5.0
+"""...and so is one with more words than this per second of audio (at least 1 s): a sentence said again after
+itself (seen: 22 words from 3.7 s of audio) neither compresses like a loop nor scores low."""
 SHORT_FINALS = os.environ.get("STTD_ENGINE_SHORT_FINALS", "on") != "off"
 """Off: every final takes the full 30 s window (the engine as it was: the bench's baseline)."""
 SPECULATIVE_FINALS = SHORT_FINALS and os.environ.get("STTD_ENGINE_SPECULATIVE_FINALS", "on") != "off"
@@ -311,7 +314,8 @@ class Transcriber:
         encoder pass, not the second one faster-whisper's detection costs).
         Returns the text, the language, and whether the text looks sound: not cut
         off at the length limit, an average log-probability above
-        :data:`SHORT_MIN_LOGPROB`, and not repetitive.
+        :data:`SHORT_MIN_LOGPROB`, not repetitive, and not more words than
+        :data:`MAX_WORDS_PER_S` allows.
         """
         import ctranslate2  # type: ignore[import-untyped, import-not-found, unused-ignore]
         from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -344,6 +348,7 @@ class Transcriber:
             len(tokens) < max_length - len(tokenizer.sot_sequence) - 1
             and float(result[0].scores[0]) >= SHORT_MIN_LOGPROB
             and _compression_ratio(text) <= MAX_COMPRESSION_RATIO
+            and len(text.split()) <= MAX_WORDS_PER_S * max(seconds, 1.0)
         )
         return text, language, sound
 
