@@ -241,16 +241,9 @@ class Paster:
         saved = await self._save_wayland(environ)
         await _run(("wl-copy", "--clear"), environ)
         await _until(lambda: self._wayland_empty(environ), "clearing the clipboard")
-        offer = await asyncio.create_subprocess_exec(
-            "wl-copy", "--foreground", "--paste-once", "--type", TEXT_TYPE,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env=_tool_env(environ), start_new_session=True,
-        )  # fmt: skip
+        offer = await _clipboard_tool(("wl-copy", "--foreground", "--paste-once", "--type", TEXT_TYPE), environ)
         try:
-            assert offer.stdin is not None
-            offer.stdin.write(text.encode("utf-8"))
-            await offer.stdin.drain()
-            offer.stdin.close()
+            await _hand_over(offer, text)
 
             async def offered() -> bool:
                 return offer.returncode is not None or not await self._wayland_empty(environ)
@@ -284,37 +277,42 @@ class Paster:
             return
         kind, data = saved
         # wl-copy serves from a child of its own (it outlives this call, as the user's copy did).
-        process = await asyncio.create_subprocess_exec(
-            "wl-copy", "--type", kind,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env=_tool_env(environ), start_new_session=True,
-        )  # fmt: skip
+        process = await _clipboard_tool(("wl-copy", "--type", kind), environ)
         await process.communicate(data)
 
     async def _paste_x11(self, text: str, environ: Mapping[str, str]) -> None:
         status, saved = await _run(("xclip", "-selection", "clipboard", "-out"), environ)
-        offer = await asyncio.create_subprocess_exec(
-            "xclip", "-selection", "clipboard", "-in", "-quiet", "-loops", "1",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env=_tool_env(environ), start_new_session=True,
-        )  # fmt: skip
+        offer = await _clipboard_tool(("xclip", "-selection", "clipboard", "-in", "-quiet", "-loops", "1"), environ)
         try:
-            assert offer.stdin is not None
-            offer.stdin.write(text.encode("utf-8"))
-            await offer.stdin.drain()
-            offer.stdin.close()
+            await _hand_over(offer, text)
             key = PASTE_KEYS[self.keys][1]
             await _run(("xdotool", "key", "--clearmodifiers", key), {**environ, "LC_ALL": "C.UTF-8"})
             await _until_pasted(offer)
         finally:
             await _end_offer(offer)
             if status == 0:
-                restore = await asyncio.create_subprocess_exec(
-                    "xclip", "-selection", "clipboard", "-in",
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL, env=_tool_env(environ), start_new_session=True,
-                )  # fmt: skip
+                restore = await _clipboard_tool(("xclip", "-selection", "clipboard", "-in"), environ)
                 await restore.communicate(saved)
+
+
+async def _clipboard_tool(argv: tuple[str, ...], environ: Mapping[str, str]) -> asyncio.subprocess.Process:
+    """A clipboard tool reading its text on stdin, in a session of its own (so it can be killed whole)."""
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=_tool_env(environ),
+        start_new_session=True,
+    )
+
+
+async def _hand_over(offer: asyncio.subprocess.Process, text: str) -> None:
+    """Give a serve-once clipboard tool its text; it exits once a window has pasted it."""
+    assert offer.stdin is not None
+    offer.stdin.write(text.encode("utf-8"))
+    await offer.stdin.drain()
+    offer.stdin.close()
 
 
 async def _until_pasted(offer: asyncio.subprocess.Process) -> None:
