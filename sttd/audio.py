@@ -1,11 +1,12 @@
 """PulseAudio/PipeWire capture and device following.
 
 :class:`Capture` records one source as 24 kHz mono s16le frames of exactly
-``chunk_ms``. The server does the resampling. All sound-server work happens on
-a thread of the capture's own, with its own pulsectl connection: libpulse and
-pulsectl are blocking and not thread-safe. Everything the caller sees (frames,
-level, problems, the device name) is handed to the asyncio loop with
-``call_soon_threadsafe``.
+``chunk_ms``. The server does the resampling. The sound-server connection
+belongs to a thread of the capture's own, with its own pulsectl connection:
+libpulse and pulsectl are blocking and not thread-safe. While that thread has
+nothing to do but stream, it lends its mainloop to the event loop, which then
+reads the frames itself (:mod:`sttd.lending`); otherwise what the caller sees
+(frames, level, problems, the device name) is handed to the asyncio loop.
 
 The parts: :mod:`sttd.libpulse` (libpulse declarations, connections, the record
 stream), :mod:`sttd.capture_worker` (the capture thread) and :mod:`sttd.following`
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ import pulsectl
 from .capture_worker import Outlet, Worker
 from .errors import AudioError
 from .inbox import Inbox
+from .lending import Lender
 from .libpulse import BYTES_PER_MS, PA_INVALID_INDEX, SAMPLE_RATE, connect, server_label
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,9 @@ class Capture:
         self._on_level = on_level
         self._on_source = on_source
         self._client_name = client_name
+        self._lender = Lender(loop)
+        """While only streaming, the capture thread lends its mainloop here: one wake-up per frame, not two."""
+        self._loop_thread = threading.get_ident()
         self._worker: Worker | None = None
         self._inbox: Inbox[tuple[object, list[bytes], float | None]] | None = None
         """Where the current worker's frames come in; made with the worker, closed once it has ended."""
@@ -156,7 +162,13 @@ class Capture:
         if self._inbox is not None:
             self._inbox.close()  # the worker it served has ended
         self._inbox = Inbox(self._loop, self._deliver_frames)
-        worker = Worker(source=self._source, chunk_ms=self._chunk_ms, client_name=self._client_name, outlet=outlet)
+        worker = Worker(
+            source=self._source,
+            chunk_ms=self._chunk_ms,
+            client_name=self._client_name,
+            outlet=outlet,
+            lender=self._lender,
+        )
         self._worker = worker
         worker.launch()
         return worker
@@ -238,9 +250,14 @@ class Capture:
             else:
                 started.set_exception(error)
 
-        def frames(batch: list[bytes], peak: float | None) -> None:  # every wake-up of the capture thread
+        def frames(batch: list[bytes], peak: float | None) -> None:  # every wake-up that read audio
             inbox = self._inbox  # made before the worker started, closed only once it has ended
-            if inbox is not None:
+            if inbox is None:
+                return
+            if threading.get_ident() == self._loop_thread:  # read by the loop itself (a lent mainloop)
+                inbox.drain()  # what the capture thread handed over before comes first
+                self._deliver_frames((generation, batch, peak))
+            else:
                 inbox.put((generation, batch, peak))
 
         return Outlet(

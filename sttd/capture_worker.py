@@ -19,14 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pulsectl
 
 from .errors import AudioError
 from .following import SourceFollowing, _PendingMove
 from .libpulse import BYTES_PER_MS, RecordStream, connect, mainloop_poll_dispatch, mainloop_prepare, mainloop_wakeup
+
+if TYPE_CHECKING:
+    from .lending import Lender
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,35 @@ class _Chunker:
         return [block[i : i + self._size] for i in range(0, usable, self._size)]
 
 
+# The high byte of each s16le sample, folded so that it grows with the sample's magnitude:
+# 0..127 for 0..32767 and for -1..-32768 (one's complement). _BELOW[t] lists the bytes below t.
+_MAGNITUDE = bytes(b if b < 128 else 255 - b for b in range(256))
+_BELOW = [bytes(b for b in range(256) if _MAGNITUDE[b] < t) for t in range(129)]
+
+
+def peak_level(data: bytes) -> float:
+    """The peak of s16le samples as 0..1, to 1/128 of full scale.
+
+    A meter needs no more, and this runs in C loops only (a bisection of
+    ``bytes.translate`` over the samples' high bytes), without numpy, which
+    a daemon with the service's voice detection does not otherwise load.
+    """
+    high = data[1::2]
+    low, top = 0, 127  # the largest magnitude class present is in [low, top]
+    while low < top:
+        mid = (low + top + 1) // 2
+        if high.translate(None, _BELOW[mid]):  # some sample's class is at least mid
+            low = mid
+        else:
+            top = mid - 1
+    return low / 128
+
+
 class _LevelMeter:
     """Peak of s16le frames, reported at most once per ``interval`` seconds.
 
     The frames of an interval are kept (references, no copy) and scanned once
-    when the interval is over: one numpy pass per report, not per frame.
+    when the interval is over: one pass per report, not per frame.
     """
 
     def __init__(self, interval: float) -> None:
@@ -73,9 +99,7 @@ class _LevelMeter:
         if now - self._last < self._interval:
             return None
         frames, self._frames, self._last = self._frames, [], now
-        samples = np.frombuffer(frames[0] if len(frames) == 1 else b"".join(frames), dtype="<i2")
-        peak = max(int(samples.max()), -int(samples.min())) if samples.size else 0
-        return min(1.0, peak / 32768)
+        return peak_level(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 class _Backoff:
@@ -116,10 +140,16 @@ class Worker(SourceFollowing):
     Every method except :meth:`launch`, :meth:`record`, :meth:`park`,
     :meth:`request_stop`, :meth:`join` and :meth:`close` runs on that thread.
     The pulsectl connection is created, used and closed there only.
-    ``outlet=None`` launches it parked (connected, not recording).
+    ``outlet=None`` launches it parked (connected, not recording). With a
+    ``lender``, the thread lends its mainloop to the event loop while it only
+    streams (:mod:`sttd.lending`): the callbacks then run on the loop thread
+    while this one is blocked.
     """
 
-    def __init__(self, *, source: str, chunk_ms: int, client_name: str, outlet: Outlet | None) -> None:
+    def __init__(
+        self, *, source: str, chunk_ms: int, client_name: str, outlet: Outlet | None, lender: Lender | None = None
+    ) -> None:
+        self._lender = lender
         self.thread = threading.Thread(target=self._run, name="sttd-capture", daemon=True)
         self._source = source
         self._client_name = client_name
@@ -285,6 +315,11 @@ class Worker(SourceFollowing):
     def _listen(self, deadline: float | None) -> None:
         """Block in the mainloop until an event, a stream change, a command, the deadline or a stop needs us."""
         pulse = self._pulse
+        if deadline is None and self._may_lend() and self._lender is not None and self._lender.lend(pulse, self):
+            self._hand_over()
+            if not pulse.connected:
+                raise pulsectl.PulseDisconnected()
+            return
         while True:
             self._hand_over()
             timeout_us = -1 if deadline is None else max(1000, int((deadline - time.monotonic()) * 1e6))
@@ -305,6 +340,19 @@ class Worker(SourceFollowing):
                 self._dirty = True
         if not pulse.connected:
             raise pulsectl.PulseDisconnected()
+
+    def _may_lend(self) -> bool:
+        """Only streaming is left to do: the event loop may read the stream until something else comes up."""
+        stream = self._stream
+        return self._recording and self._started and stream is not None and stream.ready and not self.needs_thread()
+
+    def needs_thread(self) -> bool:
+        """Borrower: whether the mainloop must come back to this thread (any thread; a few flag reads)."""
+        return self._dirty or self._commanded or self._stopping.is_set() or not self._pulse.connected
+
+    def dispatched(self) -> None:
+        """Borrower: the loop thread ran the mainloop; hand over what it read, from there."""
+        self._hand_over()
 
     def _next_deadline(self) -> float | None:
         """When the state needs another look without any event: a stream to reopen, a move to check."""

@@ -100,6 +100,20 @@ def mainloop_poll_dispatch(pulse: Any) -> bool:
     return int(_pa_mainloop_poll(pulse._loop)) >= 0 and int(_pa_mainloop_dispatch(pulse._loop)) >= 0
 
 
+pa_mainloop_iterate = _declare("pa_mainloop_iterate", _int, _vp, _int, _vp)
+"""The raw ctypes function (mainloop, block, retval): one whole iteration in one call, for the hot path."""
+
+
+def mainloop_pointer(pulse: Any) -> int:
+    """The ``pa_mainloop *`` of a pulsectl connection."""
+    return int(ctypes.cast(pulse._loop, ctypes.c_void_p).value or 0)
+
+
+def set_poll_func(pulse: Any, func: Any) -> None:
+    """Make a ctypes ``pa_poll_func`` the mainloop's poll, or (None) libpulse's own ``poll`` in C."""
+    _pa_mainloop_set_poll_func(pulse._loop, ctypes.cast(func, ctypes.c_void_p) if func is not None else None, None)
+
+
 def mainloop_wakeup(pulse: Any) -> None:
     """Any thread: make the mainloop's poll (current or next) return."""
     _pa_mainloop_wakeup(pulse._loop)

@@ -204,6 +204,23 @@ def test_switching_the_default_source_moves_the_capture(two_tones: SoundServer) 
     assert rec.problems == []
 
 
+def test_while_only_streaming_the_capture_thread_sleeps(sound_server: SoundServer) -> None:
+    """The event loop reads the stream itself (the capture thread lends it its mainloop): one wake-up a frame."""
+    rec = Recorder()
+
+    async def main() -> None:
+        async with capturing(rec, chunk_ms=20):
+            await until(partial(rec.has_frames, 10), 5, "frames")
+            (thread,) = capture_threads()
+            woken, count = _switches(thread), len(rec.frames)
+            await until(partial(rec.has_frames, count + 50), 5, "a second of frames")
+            # Reading them itself, the thread would have woken about 50 times.
+            assert _switches(thread) - woken <= 2
+
+    run(main())
+    assert {len(frame) for _, frame in rec.frames} == {960}
+
+
 def test_a_move_by_the_user_holds_until_the_default_changes(two_tones: SoundServer) -> None:
     rec = Recorder()
 
