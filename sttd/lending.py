@@ -90,6 +90,7 @@ class Lender:
             return False
         while not returned.wait(1.0):
             if self._loop.is_closed():  # nobody drives the mainloop any more: it is ours again
+                set_poll_func(pulse, None)
                 break
         return True
 
