@@ -110,7 +110,7 @@ async def _spawn(
     """
     opened: list[int] = []
     try:
-        stdin = _memory_file(text)
+        stdin = memory_file(text)
         opened.append(stdin)
         read_end, write_end = os.pipe()
         opened += [read_end, write_end]
@@ -176,11 +176,15 @@ def _close(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
-def _memory_file(text: str) -> int:
-    """A file descriptor of an in-memory file holding ``text``, positioned at its start (never on disk)."""
+def memory_file(text: str | bytes) -> int:
+    """A file descriptor of an in-memory file holding ``text``, positioned at its start (never on disk).
+
+    A child reads its stdin from it at its own pace, or not at all: nothing is
+    written to a pipe, so a child that exits first cannot break the write.
+    """
     fd = os.memfd_create("sttd-text", os.MFD_CLOEXEC)
     try:
-        data = text.encode("utf-8")
+        data = text.encode("utf-8") if isinstance(text, str) else text
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

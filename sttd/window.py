@@ -39,6 +39,7 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .command_runner import memory_file
 from .errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -170,10 +171,11 @@ async def _run(
 
     Cancelling kills it. stderr goes to the log at DEBUG.
     """
+    source = memory_file(stdin) if stdin else asyncio.subprocess.DEVNULL
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=source,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=_tool_env(environ),
@@ -181,9 +183,12 @@ async def _run(
         )
     except OSError as exc:
         raise OutputError(f'output.mode = "paste": cannot run {argv[0]}: {exc.strerror or exc}') from None
+    finally:
+        if stdin:
+            os.close(source)
     try:
         async with asyncio.timeout(timeout):
-            out, err = await process.communicate(stdin)
+            out, err = await process.communicate()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)
@@ -241,9 +246,10 @@ class Paster:
         saved = await self._save_wayland(environ)
         await _run(("wl-copy", "--clear"), environ)
         await _until(lambda: self._wayland_empty(environ), "clearing the clipboard")
-        offer = await _clipboard_tool(("wl-copy", "--foreground", "--paste-once", "--type", TEXT_TYPE), environ)
+        offer = await _clipboard_tool(
+            ("wl-copy", "--foreground", "--paste-once", "--type", TEXT_TYPE), environ, text.encode("utf-8")
+        )
         try:
-            await _hand_over(offer, text)
 
             async def offered() -> bool:
                 return offer.returncode is not None or not await self._wayland_empty(environ)
@@ -277,42 +283,41 @@ class Paster:
             return
         kind, data = saved
         # wl-copy serves from a child of its own (it outlives this call, as the user's copy did).
-        process = await _clipboard_tool(("wl-copy", "--type", kind), environ)
-        await process.communicate(data)
+        process = await _clipboard_tool(("wl-copy", "--type", kind), environ, data)
+        await process.wait()
 
     async def _paste_x11(self, text: str, environ: Mapping[str, str]) -> None:
         status, saved = await _run(("xclip", "-selection", "clipboard", "-out"), environ)
-        offer = await _clipboard_tool(("xclip", "-selection", "clipboard", "-in", "-quiet", "-loops", "1"), environ)
+        argv = ("xclip", "-selection", "clipboard", "-in", "-quiet", "-loops", "1")
+        offer = await _clipboard_tool(argv, environ, text.encode("utf-8"))
         try:
-            await _hand_over(offer, text)
             key = PASTE_KEYS[self.keys][1]
             await _run(("xdotool", "key", "--clearmodifiers", key), {**environ, "LC_ALL": "C.UTF-8"})
             await _until_pasted(offer)
         finally:
             await _end_offer(offer)
             if status == 0:
-                restore = await _clipboard_tool(("xclip", "-selection", "clipboard", "-in"), environ)
-                await restore.communicate(saved)
+                restore = await _clipboard_tool(("xclip", "-selection", "clipboard", "-in"), environ, saved)
+                await restore.wait()
 
 
-async def _clipboard_tool(argv: tuple[str, ...], environ: Mapping[str, str]) -> asyncio.subprocess.Process:
-    """A clipboard tool reading its text on stdin, in a session of its own (so it can be killed whole)."""
-    return await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=_tool_env(environ),
-        start_new_session=True,
-    )
+async def _clipboard_tool(argv: tuple[str, ...], environ: Mapping[str, str], data: bytes) -> asyncio.subprocess.Process:
+    """A clipboard tool reading ``data`` on stdin, in a session of its own (so it can be killed whole).
 
-
-async def _hand_over(offer: asyncio.subprocess.Process, text: str) -> None:
-    """Give a serve-once clipboard tool its text; it exits once a window has pasted it."""
-    assert offer.stdin is not None
-    offer.stdin.write(text.encode("utf-8"))
-    await offer.stdin.drain()
-    offer.stdin.close()
+    The data is in an in-memory file, not a pipe: nothing waits for the tool to read it.
+    """
+    source = memory_file(data)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=source,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=_tool_env(environ),
+            start_new_session=True,
+        )
+    finally:
+        os.close(source)
 
 
 async def _until_pasted(offer: asyncio.subprocess.Process) -> None:
