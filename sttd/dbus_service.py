@@ -39,14 +39,14 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from dbus_next import DBusError, Message, MessageType, PropertyAccess
+from dbus_next import DBusError, Message, MessageType, PropertyAccess, Variant
 from dbus_next import introspection as intr
 from dbus_next.aio import MessageBus
 from dbus_next.constants import ErrorType
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from . import core
-from .bus import Bus
+from .bus import Bus, PreparedSignal
 from .dbus_connection import (
     RECONNECT_DELAYS_S,
     _connect_bus,
@@ -135,6 +135,8 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         super().__init__(INTERFACE)
         self._controller = controller
         self._level = 0.0
+        self._level_signal: PreparedSignal | None = None
+        """PropertiesChanged for Level, marshalled once (see :meth:`set_level`)."""
         self._source = controller.source
         self._signatures: tuple[dict[str, str], dict[str, str]] | None = None
         self._ready = asyncio.Event()
@@ -410,7 +412,16 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         level = float(level)
         if level != self._level:
             self._level = level
-            self.emit_properties_changed({"Level": level})
+            self._emit_level(level)
+
+    def _emit_level(self, level: float) -> None:
+        """PropertiesChanged for Level, as emit_properties_changed would send it, from a message marshalled once."""
+        if self._level_signal is None:
+            self._level_signal = PreparedSignal.properties_changed(OBJECT_PATH, INTERFACE, "Level")
+        for bus in list(ServiceInterface._get_buses(self)):
+            if not (isinstance(bus, Bus) and bus.send_prepared(self._level_signal, level)):
+                body = [INTERFACE, {"Level": Variant("d", level)}, []]
+                bus._interface_signal_notify(self, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
 
     def source_changed(self, source: str) -> None:
         """Announce ``Source`` when it differs from what was last announced."""

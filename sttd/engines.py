@@ -18,12 +18,17 @@ import logging
 import os
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from . import config
 from .credentials import ApiKey, CredentialSource, find_api_key
-from .engine.supervisor import EngineEndpoint, EngineError, EngineProcess, engine_available
 from .errors import CredentialsError, SessionError
 from .sockets import KEY_NAME, SOCKET_NAME, private_runtime_dir
+
+if TYPE_CHECKING:
+    # The supervisor is imported where the local engine is chosen or run: a daemon that talks
+    # to OpenAI never loads it.
+    from .engine.supervisor import EngineEndpoint, EngineProcess
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,13 @@ def choose_engine(cfg: config.Config) -> str:
     return "local" if engine_available() else ""
 
 
+def engine_available() -> bool:
+    """Whether the offline engine is installed (its supervisor is imported here, not at start-up)."""
+    from .engine import supervisor
+
+    return supervisor.engine_available()
+
+
 class LocalEngine:
     """The offline engine as a supervised child process."""
 
@@ -68,6 +80,8 @@ class LocalEngine:
 
     async def run(self, settings: config.LocalConfig) -> None:
         """Keep the engine running until cancelled (cancelling stops it): restarted with backoff when it dies."""
+        from .engine.supervisor import EngineError
+
         failures = 0
         while True:
             started = time.monotonic()
@@ -91,6 +105,8 @@ class LocalEngine:
 
     def _new_process(self, settings: config.LocalConfig) -> EngineProcess:
         """The engine on its private socket, or on ``[local] listen`` with a key the user's programs can read."""
+        from .engine.supervisor import EngineError, EngineProcess
+
         if not self._directory or not os.path.isdir(self._directory):  # a fallback /tmp directory is made once
             try:
                 self._directory = private_runtime_dir()

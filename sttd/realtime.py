@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -36,9 +36,13 @@ from .ledger import AudioLedger
 from .reconnect import EXCERPT_CHARS, Retry, backoff, classify
 from .redact import excerpt
 from .sockets import split_unix_url
-from .vad import SpeechStarted, SpeechStopped, VadSettings, VoiceDetector
 from .wakeup import Wakeup
 from .wsframe import send_text_now
+
+if TYPE_CHECKING:
+    # sttd.vad (numpy, the resampler, ctypes) is imported only by a session that uses
+    # client_vad: with the service's voice detection it would be ~1 MB of RSS for nothing.
+    from .vad import SpeechStarted, SpeechStopped, VoiceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +172,11 @@ class RealtimeSession:
             self._detector = None
         elif self._detector is None:
             # Silero's model is loaded only here, by a session that needs sttd's own detection.
-            self._detector = detector or VoiceDetector(VadSettings.of(td))
+            if detector is None:
+                from .vad import VadSettings, VoiceDetector
+
+                detector = VoiceDetector(VadSettings.of(td))
+            self._detector = detector
         self._ledger.client_turns = td.type in ("client_vad", "manual")
         self._ledger.client_speech = self._detector is not None and self._detector.in_speech
 
@@ -198,6 +206,8 @@ class RealtimeSession:
 
     def _turn_decided(self, decision: SpeechStarted | SpeechStopped) -> None:
         """sttd's own voice detection heard a turn begin or end."""
+        from .vad import SpeechStarted  # already imported: there is a detector
+
         event: p.ServerEvent
         if isinstance(decision, SpeechStarted):
             self._turns += 1

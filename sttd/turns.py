@@ -11,10 +11,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from . import protocol as p
 from .errors import SessionError
-from .vad import VadSettings, VoiceDetector
+
+if TYPE_CHECKING:
+    # Imported by detector_for, only for client_vad: numpy and the resampler stay out of a
+    # daemon that uses the service's voice detection.
+    from .vad import VoiceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -42,4 +47,11 @@ async def detector_for(settings: p.SessionSettings) -> VoiceDetector | None:
     """sttd's own voice detector when the session needs one, its model loaded off the event loop."""
     if settings.turn_detection.type != "client_vad":
         return None
-    return await asyncio.to_thread(VoiceDetector, VadSettings.of(settings.turn_detection))
+    return await asyncio.to_thread(_load_detector, settings.turn_detection)
+
+
+def _load_detector(turn_detection: p.TurnDetection) -> VoiceDetector:
+    """Runs in a worker thread: the first import of sttd.vad is off the event loop too."""
+    from .vad import VadSettings, VoiceDetector
+
+    return VoiceDetector(VadSettings.of(turn_detection))
