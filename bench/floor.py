@@ -93,14 +93,17 @@ def _own_run_ns() -> int:
     return total
 
 
-def _own_switches() -> int:
-    total = 0
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/status", encoding="ascii") as f:
+def _switches(pid: int | str = "self") -> tuple[int, int]:
+    """Voluntary and involuntary context switches of a process's living threads (``bench.harness.wakeups`` split)."""
+    found = [0, 0]
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
             for line in f:
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                    total += int(line.split()[1])
-    return total
+                if line.startswith("voluntary_ctxt_switches"):
+                    found[0] += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    found[1] += int(line.split()[1])
+    return found[0], found[1]
 
 
 async def _client(kind: str, frame_ms: int, warmup: int, frames: int, tick: str, port: int) -> dict[str, Any]:
@@ -113,14 +116,14 @@ async def _client(kind: str, frame_ms: int, warmup: int, frames: int, tick: str,
     sock.setblocking(False)
     done: asyncio.Future[None] = loop.create_future()
     received = 0
-    stamps: list[tuple[int, int, float, int]] = []  # (run ns, switches, monotonic, bytes) at each window edge
+    stamps: list[tuple[int, tuple[int, int], float, int]] = []  # (run ns, switches, time, bytes) at the edges
     edges = [warmup * frame, (warmup + frames) * frame]
 
     def handled() -> None:
         """After a frame was handled: stamp at the window's edges."""
         if edges and received >= edges[0]:
             edges.pop(0)
-            stamps.append((_own_run_ns(), _own_switches(), time.monotonic(), received))
+            stamps.append((_own_run_ns(), _switches(), time.monotonic(), received))
             if not edges and not done.done():
                 done.set_result(None)
 
@@ -181,15 +184,20 @@ async def _client(kind: str, frame_ms: int, warmup: int, frames: int, tick: str,
         if transport is not None:
             transport.close()
     (ns0, sw0, t0, b0), (ns1, sw1, t1, b1) = stamps
-    return _figures(ns1 - ns0, sw1 - sw0, (b1 - b0) / (RATE * BYTES_PER_SAMPLE), t1 - t0, frame_ms)
+    return _figures(ns1 - ns0, sw0, sw1, (b1 - b0) / (RATE * BYTES_PER_SAMPLE), t1 - t0, frame_ms)
 
 
-def _figures(ns: int, switches: int, audio_s: float, wall_s: float, frame_ms: int) -> dict[str, Any]:
+def _figures(
+    ns: int, sw0: tuple[int, int], sw1: tuple[int, int], audio_s: float, wall_s: float, frame_ms: int
+) -> dict[str, Any]:
     frames = audio_s * 1000 / frame_ms
+    voluntary, involuntary = sw1[0] - sw0[0], sw1[1] - sw0[1]
     return {
         "cpu_s_per_audio_min": round(ns / 1e9 / audio_s * 60, 3),
         "us_per_frame": round(ns / 1e3 / frames, 1),
-        "wakeups_per_audio_s": round(switches / audio_s, 1),
+        "wakeups_per_audio_s": round((voluntary + involuntary) / audio_s, 1),
+        # Involuntary switches: another task (often the one just woken, on the same core) took the CPU.
+        "preempted_per_audio_s": round(involuntary / audio_s, 1),
         "audio_s": round(audio_s, 2),
         "wall_s": round(wall_s, 2),
     }
@@ -269,7 +277,7 @@ class _Helper:
 
 
 def _parec(env: dict[str, str], frame_ms: int, warmup_s: float, seconds: float) -> dict[str, Any]:
-    from .harness import run_ns, wakeups
+    from .harness import run_ns
 
     argv = ["parec", "-d", "mic", f"--latency-msec={frame_ms}", "--raw", "--format=s16le", f"--rate={RATE}"]
     proc = subprocess.Popen(
@@ -282,9 +290,9 @@ def _parec(env: dict[str, str], frame_ms: int, warmup_s: float, seconds: float) 
         time.sleep(warmup_s)  # a measurement window, not a wait for an event
         if proc.poll() is not None:
             raise RuntimeError(f"parec exited with {proc.returncode}: {proc.communicate()[1]!r}")
-        ns0, sw0, t0 = run_ns(proc.pid), wakeups(proc.pid), time.monotonic()
+        ns0, sw0, t0 = run_ns(proc.pid), _switches(proc.pid), time.monotonic()
         time.sleep(seconds)
-        ns1, sw1, t1 = run_ns(proc.pid), wakeups(proc.pid), time.monotonic()
+        ns1, sw1, t1 = run_ns(proc.pid), _switches(proc.pid), time.monotonic()
         if proc.poll() is not None:
             raise RuntimeError(f"parec exited with {proc.returncode} while measured")
     finally:
@@ -294,7 +302,7 @@ def _parec(env: dict[str, str], frame_ms: int, warmup_s: float, seconds: float) 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-    return _figures(ns1 - ns0, sw1 - sw0, t1 - t0, t1 - t0, frame_ms)
+    return _figures(ns1 - ns0, sw0, sw1, t1 - t0, t1 - t0, frame_ms)
 
 
 def _measured_client(helper: _Helper, kind: str, frame_ms: int, warmup_s: float, seconds: float) -> dict[str, Any]:
@@ -333,7 +341,7 @@ def measure(env: dict[str, str], seconds: float, frames_ms: tuple[int, ...] = (2
                 found[kind] = _measured_client(helper, kind, frame_ms, warmup_s, seconds)
             found["parec_plus_loop_tcp"] = {
                 key: round(found["parec"][key] + found["loop_tcp"][key], 3)
-                for key in ("cpu_s_per_audio_min", "us_per_frame", "wakeups_per_audio_s")
+                for key in ("cpu_s_per_audio_min", "us_per_frame", "wakeups_per_audio_s", "preempted_per_audio_s")
             }
             result[str(frame_ms)] = found
     finally:

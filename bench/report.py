@@ -224,7 +224,8 @@ def floor_table(floor: dict[str, Any], sttd_cpu: dict[str, Any] | None = None) -
         "### What the platform costs",
         "",
         f"CPU (schedstat) per audio minute of the named process alone, the worst of {runs} run(s) with each run "
-        "in brackets, and that run's µs per frame and wake-ups per audio second (`bench.floor`; bench/README.md). "
+        "in brackets, and that run's µs per frame and wake-ups (context switches) per audio second, the "
+        "involuntary ones in brackets (`bench.floor`; bench/README.md). "
         f"{_fmt(floor.get('seconds'))} s of audio per floor.",
         "",
         "| what the platform costs | "
@@ -238,11 +239,10 @@ def floor_table(floor: dict[str, Any], sttd_cpu: dict[str, Any] | None = None) -
             got = floor[f].get(kind) or {}
             each = " · ".join(_fmt(v, 3) for v in got.get("runs", []))
             cpu = _fmt(got.get("cpu_s_per_audio_min"), 3)
-            cells += [
-                f"{cpu} ({each})" if each else cpu,
-                _fmt(got.get("us_per_frame")),
-                _fmt(got.get("wakeups_per_audio_s")),
-            ]
+            wakes = _fmt(got.get("wakeups_per_audio_s"))
+            if _number(got.get("preempted_per_audio_s")):
+                wakes += f" ({_fmt(got['preempted_per_audio_s'])})"
+            cells += [f"{cpu} ({each})" if each else cpu, _fmt(got.get("us_per_frame")), wakes]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     if sttd_cpu:
         cells = []
