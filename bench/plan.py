@@ -55,6 +55,9 @@ class Plan:
     """Scales the pauses that let things settle (shorter in the smoke run)."""
     main_chunk_ms: int = 40
     preroll_ms: int = 300
+    floor_s: float = 6.0
+    """Audio per platform floor (``bench.floor``): parec, a bare loop, + a TCP write, + websockets."""
+    floor_frames_ms: tuple[int, ...] = (20, 40)
 
 
 FULL = Plan(
@@ -89,6 +92,7 @@ SMOKE = Plan(
     engine_sentences=ENGINE_SENTENCES[1:2],
     chunk_variants=(20,),
     settle=0.3,
+    floor_s=0.2,
 )
 
 

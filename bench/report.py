@@ -6,6 +6,14 @@ from typing import Any
 
 NAMES = {"sttd": "sttd", "openai": "openai SDK + parec", "legacy": "legacy (connect first, 4096)"}
 CLIENTS = ("sttd", "openai", "legacy")
+FLOORS = {
+    "parec": "(a) `parec` recording `mic` alone (C, libpulse)",
+    "loop": "(b) a Python asyncio loop woken once per frame, nothing else",
+    "loop_tcp": "(c) (b) + one loopback `transport.write` of the append JSON per frame",
+    "loop_ws": "(d) (b) + `await ws.send()` of the append JSON (websockets, masked)",
+    "parec_plus_loop_tcp": "(a) + (c): parec reads, Python sends (the SDK baseline's shape)",
+}
+"""The platform floors of ``bench.floor``, as the table names them."""
 
 
 def required(plan: dict[str, Any]) -> list[str]:
@@ -61,6 +69,8 @@ def required(plan: dict[str, Any]) -> list[str]:
     ]
     for chunk in (plan["main_chunk_ms"], *plan["chunk_variants"]):
         paths += [f"chunk_ms.{chunk}.capture_to_wire_ms.p99", f"chunk_ms.{chunk}.cpu_s_per_audio_min"]
+    for frame in plan.get("floor_frames_ms", ()):
+        paths += [f"floor.{frame}.{kind}.{m}" for kind in FLOORS for m in ("cpu_s_per_audio_min", "us_per_frame")]
     return paths
 
 
@@ -206,6 +216,42 @@ def _ratio(value: Any, base: Any) -> str:
     return f"{value / base:.1f}x"
 
 
+def floor_table(floor: dict[str, Any], sttd_cpu: dict[str, Any] | None = None) -> list[str]:
+    """The "what the platform costs" table of ``bench.floor.combined``; ``sttd_cpu`` the goal rows' worst figures."""
+    frames = [k for k in floor if isinstance(floor[k], dict)]
+    runs = floor.get("runs", 1)
+    out = [
+        "### What the platform costs",
+        "",
+        f"CPU (schedstat) per audio minute of the named process alone, the worst of {runs} run(s) with each run "
+        "in brackets, and that run's µs per frame and wake-ups (context switches) per audio second, the "
+        "involuntary ones in brackets (`bench.floor`; bench/README.md). "
+        f"{_fmt(floor.get('seconds'))} s of audio per floor.",
+        "",
+        "| what the platform costs | "
+        + " | ".join(f"{f} ms frames: s per audio min | µs/frame | wake-ups/s" for f in frames)
+        + " |",
+        "|---|" + "---|---|---|" * len(frames),
+    ]
+    for kind, label in FLOORS.items():
+        cells = []
+        for f in frames:
+            got = floor[f].get(kind) or {}
+            each = " · ".join(_fmt(v, 3) for v in got.get("runs", []))
+            cpu = _fmt(got.get("cpu_s_per_audio_min"), 3)
+            wakes = _fmt(got.get("wakeups_per_audio_s"))
+            if _number(got.get("preempted_per_audio_s")):
+                wakes += f" ({_fmt(got['preempted_per_audio_s'])})"
+            cells += [f"{cpu} ({each})" if each else cpu, _fmt(got.get("us_per_frame")), wakes]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    if sttd_cpu:
+        cells = []
+        for f in frames:
+            cells += [f"{_fmt(sttd_cpu.get(f), 3)} (goal ≤ 0.6)", "", ""]
+        out.append("| sttd while streaming, every thread (the CPU goal rows' worst) | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown(data: dict[str, Any]) -> str:
     meta, clients, plan = data["meta"], data["clients"], data["meta"]["plan"]
     sttd_rss = _get(data, "sttd", "memory", "rss_peak_mb")
@@ -235,6 +281,15 @@ def markdown(data: dict[str, Any]) -> str:
         each = " · ".join(_fmt(v, digits) for v in goal.get("runs", [goal["value"]]))
         value = _fmt(goal["value"], digits)
         out.append(f"| {goal['goal']} | {each} | {value} {goal['unit']} | {met} |")
+
+    if data.get("floor"):
+        sttd_cpu = {
+            str(f): g["value"]
+            for f in plan.get("floor_frames_ms", ())
+            for g in data["goals"]
+            if g["unit"] == "s/min" and f"at {f} ms frames" in g["goal"]
+        }
+        out += ["", *floor_table(data["floor"], sttd_cpu)]
 
     def row(label: str, value: Any, ratio: Any = None, fmt: Any = _fmt) -> str:
         """``value(client)`` is shown per client; ``ratio(client)``, a number, makes the ratio columns."""

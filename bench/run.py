@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import floor, report
 from .harness import (
     REPO,
     cpu_seconds,
@@ -48,6 +48,8 @@ class Results:
     sttd: dict[str, Any] = field(default_factory=dict)
     chunk_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
+    floor: dict[str, Any] = field(default_factory=dict)
+    """What the platform costs (``bench.floor``), one sweep per run."""
     goals: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -140,6 +142,8 @@ def run(plan: Plan, keep: bool = False, with_engine: bool = True) -> Results:
                 daemon.reload(chunk_ms=chunk)
                 results.chunk_ms[str(chunk)] = streaming(rig, sttd, f"sttd-{chunk}ms")
         daemon.terminate()
+        with phase("floor"):  # sttd is gone and nothing plays: the floors have the machine to themselves
+            results.floor = floor.measure(rig.sound.env, plan.floor_s, plan.floor_frames_ms)
         if with_engine:  # the offline engine's figures have no goal: measured in the first run only
             with phase("engine"):
                 results.engine = engine(rig)
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     data = asdict(results)
     data["goals"] = report.combined(per_run)
+    data["floor"] = floor.combined([r.floor for r in all_results])
     data["other_runs"] = [asdict(r) for r in all_results[1:]]
     data["meta"]["runs"] = runs
     data["meta"]["duration_s"] = round(sum(r.meta["duration_s"] for r in all_results), 1)

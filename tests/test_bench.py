@@ -50,6 +50,7 @@ def test_the_smoke_run_writes_every_metric(tmp_path: Path) -> None:
     table = (tmp_path / "smoke.md").read_text()
     assert "| goal | sttd, each run | worst | met |" in table
     assert "openai ÷ sttd" in table
+    assert "### What the platform costs" in table  # bench.floor's figures (in required(), so never missing)
 
 
 @pytest.mark.timeout(120)
