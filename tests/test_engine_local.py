@@ -66,8 +66,11 @@ def test_download_shows_percent_lines_then_the_engine_loads_the_model_offline(
         [command("sttd-engine"), "download", "base"], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    percents = [int(m) for m in re.findall(r"^download base: (\d+)% \(", done.stderr, re.MULTILINE)]
-    assert len(percents) >= 5 and percents == sorted(percents) and percents[-1] == 100, done.stderr
+    lines = re.findall(r"^download base: (\d+)% \([\d.]+ of ([\d.]+) MB\)", done.stderr, re.MULTILINE)
+    # Lines count against the whole as known so far; a file that starts late (a loaded machine) can make the
+    # whole grow, and the lines then start again: against the final whole they only go up, to 100.
+    final = [int(percent) for percent, total in lines if total == lines[-1][1]]
+    assert len(final) >= 5 and final == sorted(final) and final[-1] == 100, done.stderr
     assert "\r" not in done.stderr  # not a terminal: lines, no bar redrawn in place
     where = Path(done.stdout.strip())
     assert where.is_relative_to(tmp_path / "hf") and (where / "model.bin").stat().st_size == (

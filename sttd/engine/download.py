@@ -97,6 +97,7 @@ class Progress:
         self._bars: dict[int, list[float]] = {}
         self._lock = threading.Lock()
         self._shown = -1
+        self._total = 0.0
 
     def bar_class(self) -> type[Any]:
         """A tqdm stand-in for ``snapshot_download(tqdm_class=...)`` that reports here and draws nothing."""
@@ -133,6 +134,11 @@ class Progress:
             if total <= 0:
                 return
             percent = 100 if finished else min(99, int(100 * done / total))
+            if total > self._total and percent < self._shown:
+                # A file that started late (a busy machine) made the whole larger than the lines said:
+                # they start again from where the larger whole stands, and say so by its size.
+                self._shown = -1
+            self._total = max(self._total, total)
             if self.tty:
                 if percent > self._shown:
                     width = 30
