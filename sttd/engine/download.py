@@ -130,7 +130,7 @@ class Progress:
             # The hub's client sums every file into byte bars whose totals grow as files start (and a
             # small file's own bar may be done before model.bin's size is known): the bar with the
             # largest total is the whole download, and 100 % waits for the end of it.
-            done, total = max(self._bars.values(), key=lambda v: v[1])
+            done, total = max(self._bars.values(), key=lambda v: (v[1], v[0]))
             if total <= 0:
                 return
             percent = 100 if finished else min(99, int(100 * done / total))
