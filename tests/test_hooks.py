@@ -294,8 +294,9 @@ def running(pid, suffix):  # exec'd into sleep (setsid and sh have the marker in
 deadline = time.monotonic() + 10
 while not all(running(k.pid, str(n + 1)) for n, k in enumerate(kids)) and time.monotonic() < deadline:
     time.sleep(0.01)
-with open(out, "w") as f:
+with open(out + ".tmp", "w") as f:  # renamed into place: the test reads it as soon as it exists
     json.dump({"session": os.getsid(0), "sessions": [os.getsid(k.pid) for k in kids]}, f)
+os.rename(out + ".tmp", out)
 if mode == "hang":
     time.sleep(600)
 """
