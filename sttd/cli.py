@@ -11,11 +11,8 @@ import argparse
 import asyncio
 import importlib.util
 import logging
-import os
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from . import __version__, config, logsetup
 from . import state as persisted
@@ -42,25 +39,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return _parser().parse_args(argv)
 
 
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the daemon on uvloop when it is installed (the default), else on asyncio's own loop.
-
-    Streaming wakes the loop for every frame (50 times a second at 20 ms), and
-    a wake-up of asyncio's pure-Python loop costs about as much as the frame's
-    own work: uvloop's (libuv, in C) cuts the daemon's CPU while streaming by
-    a fifth to a third. ``STTD_EVENT_LOOP=asyncio`` keeps the standard loop.
-    """
-    if os.environ.get("STTD_EVENT_LOOP", "uvloop") != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            logger.debug("uvloop is not installed: asyncio's own event loop")
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
@@ -82,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup(args.log_level)
     daemon = Daemon(cfg, args.config, persisted.default_path(), log_level=args.log_level)
     try:
-        _run_loop(daemon.run())
+        asyncio.run(daemon.run())
     except SttdError as exc:
         logger.error("%s", exc, extra=logsetup.event("start-failed"))
         return 1
