@@ -194,28 +194,20 @@ class Bus(MessageBus):
 
         With nothing queued before it, the message is written to the socket here: no
         message object, no future, no writer callback added and removed. Otherwise (or
-        for the rest of a partial write) it is queued behind the others, in order.
+        for the rest of a partial write) it waits behind the others, in order, through
+        the same writer as every message.
         """
         if self._disconnected:
             return True  # nobody can receive it, as with send()
         if not self.unique_name:
             return False
-        data = signal.data(self.next_serial(), value)
         writer: _PatientWriter = self._writer
-        if writer.buf is None and writer.messages.qsize() == 0:
-            try:
-                sent = writer.sock.send(data)
-            except _WOULD_BLOCK:
-                sent = 0
-            except Exception as exc:
-                writer._fail(exc)
-                return True
-            if sent == len(data):
-                return True
-            data = data[sent:]
         writer.drained.clear()
-        writer.messages.put_nowait((data, None, None))
-        self._loop.add_writer(writer.fd, writer.write_callback)
+        writer.messages.put_nowait((signal.data(self.next_serial(), value), None, None))
+        if writer.buf is None and writer.messages.qsize() == 1:
+            writer.write_callback()  # nothing before it: written now, as write_now() does
+        if not writer.drained.is_set():  # a full socket buffer: the rest when it is writable
+            self._loop.add_writer(writer.fd, writer.write_callback)
         return True
 
     def send(self, msg: Message) -> asyncio.Future[None]:

@@ -25,7 +25,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from .libpulse import mainloop_pointer, pa_mainloop_iterate, set_poll_func
+from .libpulse import pa_mainloop_iterate, set_poll_func
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Lender:
         self._watched_fds: tuple[tuple[int, int], ...] | None = None
         self._polled = False
         self._ready = 0
-        self._mainloop = 0
+        self._mainloop: Any = None
         self._timeout_ms = -1
         self._timer: asyncio.TimerHandle | None = None
         self._poll_func = _POLL_FUNC(self._poll)  # kept alive for as long as libpulse may call it
@@ -98,7 +98,7 @@ class Lender:
 
     def _take(self, pulse: Any, borrower: Borrower, returned: threading.Event) -> None:
         self._pulse, self._borrower, self._returned = pulse, borrower, returned
-        self._mainloop, self._watched_fds = mainloop_pointer(pulse), None
+        self._mainloop, self._watched_fds = pulse._loop, None
         set_poll_func(pulse, self._poll_func)
         log.debug("streaming on the event loop")
         self._run()
@@ -177,8 +177,3 @@ class Lender:
         log.debug("streaming back on the capture thread")
         if returned is not None:
             returned.set()
-
-    def close(self) -> None:
-        """Loop thread: give back a mainloop still lent (the loop is about to stop)."""
-        if self._borrower is not None:
-            self._give_back()

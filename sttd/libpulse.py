@@ -104,11 +104,6 @@ pa_mainloop_iterate = _declare("pa_mainloop_iterate", _int, _vp, _int, _vp)
 """The raw ctypes function (mainloop, block, retval): one whole iteration in one call, for the hot path."""
 
 
-def mainloop_pointer(pulse: Any) -> int:
-    """The ``pa_mainloop *`` of a pulsectl connection."""
-    return int(ctypes.cast(pulse._loop, ctypes.c_void_p).value or 0)
-
-
 def set_poll_func(pulse: Any, func: Any) -> None:
     """Make a ctypes ``pa_poll_func`` the mainloop's poll, or (None) libpulse's own ``poll`` in C."""
     _pa_mainloop_set_poll_func(pulse._loop, ctypes.cast(func, ctypes.c_void_p) if func is not None else None, None)
@@ -160,7 +155,7 @@ def connect(client_name: str, poll: PollFunc | None = None) -> Iterator[Any]:
             raise AudioError(f"cannot connect to {server_label()}: {pa_error(pulse)}") from exc
         connecting = False
         # From here libpulse polls in C: no Python runs per wake-up but the callbacks.
-        _pa_mainloop_set_poll_func(pulse._loop, None, None)
+        set_poll_func(pulse, None)
         yield pulse
     finally:
         pulse.close()
