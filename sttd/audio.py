@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 __all__ = ["BYTES_PER_MS", "SAMPLE_RATE", "Capture", "SourceInfo", "list_sources"]
 
 _START_TIMEOUT_S = 10.0
+_HAND_OFF_S = 0.005
+"""How long Start blocks the loop for the capture thread to take its command (it takes ~0.2 ms)."""
 
 
 @dataclass(frozen=True)
@@ -119,24 +121,41 @@ class Capture:
         """The device actually being recorded ("" before start and while none is)."""
         return self._source_name
 
+    def begin(self) -> None:
+        """Loop thread: ask for recording now, without waiting; :meth:`start` then waits for it.
+
+        Start calls this first thing, so the stream opens while the rest of its
+        work goes on. A no-op while recording (or asked to).
+        """
+        if self._worker is not None and self._recording:
+            return
+        self._starting = started = self._loop.create_future()
+        # A start nobody waits for (cancelled at once, then paused) must not log an unretrieved error.
+        started.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._generation = generation = object()
+        outlet = self._outlet(generation, started)
+        worker = self._worker
+        self._recording = True
+        if worker is None or not worker.thread.is_alive():
+            self._launch(outlet)  # connects first: nothing to gain by waiting here
+            return
+        asked = worker.record(outlet)
+        # The loop thread waits (without the GIL, at most a few ms) until the capture thread has
+        # asked the server for the stream. Going on with Start's own work instead would hold
+        # the GIL the woken capture thread needs, and delay the stream by up to a millisecond.
+        asked.wait(_HAND_OFF_S)
+
     async def start(self) -> None:
-        """Start recording; returns once the stream records, or raises AudioError.
+        """Start recording (see :meth:`begin`); returns once the stream records, or raises AudioError.
 
         Loop thread. A no-op while running. After :meth:`pause` (or :meth:`warm`)
         the capture thread's connection is reused, so only a stream is created.
         Safe to cancel: the capture thread is stopped.
         """
-        if self._worker is not None and self._recording:
+        self.begin()
+        started = self._starting
+        if started is None:
             return
-        self._starting = started = self._loop.create_future()
-        self._generation = generation = object()
-        outlet = self._outlet(generation, started)
-        worker = self._worker
-        if worker is not None and worker.thread.is_alive():
-            worker.record(outlet)
-        else:
-            worker = self._launch(outlet)
-        self._recording = True
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await started

@@ -165,6 +165,8 @@ class Worker(SourceFollowing):
         self._want: Outlet | None = outlet
         self._on_parked: _Parked | None = None
         self._commanded = outlet is not None
+        self._asked: threading.Event | None = None
+        """Set once the stream the last record() asked for was requested of the server."""
         self._woken: Any = None
         self._recording = False
         self._subscribed = False
@@ -188,11 +190,17 @@ class Worker(SourceFollowing):
         """Blocks until the capture thread has ended."""
         self.thread.join()
 
-    def record(self, outlet: Outlet) -> None:
-        """Any thread: open a record stream (again) and hand what it records to ``outlet``."""
+    def record(self, outlet: Outlet) -> threading.Event:
+        """Any thread: open a record stream (again) and hand what it records to ``outlet``.
+
+        The event returned is set once the capture thread has asked the server
+        for the stream (or failed to).
+        """
+        asked = threading.Event()
         with self._lock:
-            self._want, self._on_parked, self._commanded = outlet, None, True
+            self._want, self._on_parked, self._commanded, self._asked = outlet, None, True, asked
         self._wake()
+        return asked
 
     def park(self, on_parked: _Parked) -> None:
         """Any thread: close the stream but stay connected; ``on_parked`` runs (on the capture thread) once closed.
@@ -295,14 +303,19 @@ class Worker(SourceFollowing):
             if not self._commanded:
                 return
             want, on_parked, self._commanded, self._on_parked = self._want, self._on_parked, False, None
+            asked, self._asked = self._asked, None
         if want is not None:
-            if not self._recording:
-                self._out, self._recording, self._started = want, True, False
-                self._problem, self._chunker = "", _Chunker(self._fragment_bytes)
-                # The stream first, before any query: the server picks the default source itself,
-                # and every round trip before it would be audio lost at Start.
-                self._open_stream(self._source)
-                self._dirty = True
+            try:
+                if not self._recording:
+                    self._out, self._recording, self._started = want, True, False
+                    self._problem, self._chunker = "", _Chunker(self._fragment_bytes)
+                    # The stream first, before any query: the server picks the default source itself,
+                    # and every round trip before it would be audio lost at Start.
+                    self._open_stream(self._source)
+                    self._dirty = True
+            finally:
+                if asked is not None:
+                    asked.set()
             return
         if self._recording:
             self._close_stream()

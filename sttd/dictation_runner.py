@@ -83,6 +83,10 @@ class DictationRunner:
             return
         if not self._dictation.start(resolved.options):
             return
+        # The stream first, before any other work of Start's: every moment until the sound
+        # server has it is speech lost when the user talks as they press the key.
+        self._microphone.hold()
+        self._microphone.begin()
         self._take_options(resolved if values else None)
         run = self._begin(asyncio.get_running_loop().create_future())
         # Whoever pressed the hotkey may start talking as soon as Start returns.
@@ -270,9 +274,8 @@ class DictationRunner:
             self._publish()
 
     async def _open_microphone(self, recording: asyncio.Future[None]) -> None:
-        """Record into a hold buffer until the session exists; tell Start how that went."""
+        """Wait until the microphone Start asked for records (into the hold buffer); tell Start how that went."""
         try:
-            self._microphone.hold()
             await self._microphone.open()
         except AudioError as exc:
             recording.set_exception(AudioError(str(exc)))

@@ -68,6 +68,18 @@ class Microphone:
             self._capture = self._new_capture()
         self._capture.warm()
 
+    def begin(self) -> None:
+        """Ask for recording now, without waiting: Start's other work then overlaps the stream's opening.
+
+        Event loop only. :meth:`open` waits for it (and reports its failure). A
+        no-op while another open is under way: that one's ``open()`` does it.
+        """
+        if self._opening.locked():
+            return
+        if self._capture is None:
+            self._capture = self._new_capture()
+        self._capture.begin()
+
     async def open(self) -> None:
         """Start recording if not already; raises :class:`~sttd.errors.AudioError`. Safe to cancel."""
         async with self._opening:
