@@ -52,7 +52,7 @@ from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve, unix_serve
 
-from ..config import is_loopback
+from ..config_checks import is_loopback
 from ..protocol import ServerEvents
 from .listener import REALTIME_PATH, Engine, ListenerLimits
 from .session import SessionContext
