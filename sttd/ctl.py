@@ -7,6 +7,10 @@ Commands that ask for something to happen (``start``, ``toggle``, ``enable``,
 ``disable``, ``lang CODE``) let the bus start sttd when its activation file is
 installed; queries and ``stop``/``cancel``/``send``/``purge`` never bring up a
 daemon (there is nothing to stop, and a fresh daemon has nothing to send).
+
+The D-Bus call itself is :mod:`sttd.ctl_client`, ``listen``
+:mod:`sttd.ctl_listen`, and ``shape`` (which needs no daemon)
+:mod:`sttd.ctl_shape`.
 """
 
 from __future__ import annotations
@@ -21,32 +25,17 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dbus_next import BusType, DBusError, Message, MessageFlag, MessageType, Variant
+from dbus_next import BusType, DBusError, Variant
 from dbus_next.aio import MessageBus
 
 from . import __version__, modelctl
-from .dbus_service import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, PROPERTIES
+from .ctl_client import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, Client, Refused, Unreachable
+from .ctl_listen import listen
+from .ctl_shape import shape
 from .models import model_info
 from .redact import redact
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-CALL_TIMEOUT_S = 30.0
-"""How long one call may take (bus activation included) before sttd counts as unreachable."""
-UNREACHABLE_ERRORS = {
-    "org.freedesktop.DBus.Error.ServiceUnknown",
-    "org.freedesktop.DBus.Error.NameHasNoOwner",
-    "org.freedesktop.DBus.Error.NoReply",
-    "org.freedesktop.DBus.Error.Disconnected",
-    "org.freedesktop.DBus.Error.Spawn.ChildExited",
-    "org.freedesktop.DBus.Error.Spawn.ChildSignaled",
-    "org.freedesktop.DBus.Error.Spawn.ExecFailed",
-    "org.freedesktop.DBus.Error.Spawn.ServiceNotFound",
-    "org.freedesktop.DBus.Error.Spawn.ServiceNotValid",
-    "org.freedesktop.DBus.Error.Spawn.Failed",
-    "org.freedesktop.DBus.Error.Spawn.Timeout",
-    "org.freedesktop.DBus.Error.TimedOut",
-    "org.freedesktop.systemd1.NoSuchUnit",
-}
+__all__ = ["COMMANDS", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
 
 SIMPLE_COMMANDS = {
     "start": "Start",
@@ -78,56 +67,6 @@ COMMANDS = [
 ]
 # Commands that may start the daemon through bus activation.
 AUTOSTART = {"start", "toggle", "enable", "disable", "hold"}
-
-
-class Unreachable(Exception):
-    """The daemon (or the bus) is not there."""
-
-
-class Refused(Exception):
-    """The daemon answered with an error."""
-
-
-class Client:
-    def __init__(self, bus: MessageBus, autostart: bool) -> None:
-        self._bus = bus
-        self._flags = MessageFlag.NONE if autostart else MessageFlag.NO_AUTOSTART
-
-    async def call(
-        self, member: str, signature: str = "", body: list[Any] | None = None, *, interface: str = INTERFACE
-    ) -> list[Any]:
-        message = Message(
-            destination=BUS_NAME,
-            path=OBJECT_PATH,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=body or [],
-            flags=self._flags,
-        )
-        try:
-            reply = await asyncio.wait_for(self._bus.call(message), CALL_TIMEOUT_S)
-        except TimeoutError:
-            raise Unreachable(f"no answer to {member} within {CALL_TIMEOUT_S:.0f} s") from None
-        except (OSError, EOFError) as exc:
-            raise Unreachable(f"the session bus went away ({exc})") from None
-        if reply is None:
-            return []
-        if reply.message_type == MessageType.ERROR:
-            name = reply.error_name or ""
-            text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else name
-            text = redact(text)  # an older daemon, or another program on the name, may echo a key
-            if name in UNREACHABLE_ERRORS:
-                raise Unreachable(text)
-            raise Refused(text if name.startswith(ERROR_PREFIX) else f"{name}: {text}")
-        return list(reply.body)
-
-    async def properties(self) -> dict[str, Any]:
-        (values,) = await self.call("GetAll", "s", [INTERFACE], interface=PROPERTIES)
-        return {name: variant.value for name, variant in values.items()}
-
-    async def set_property(self, name: str, variant: Variant) -> None:
-        await self.call("Set", "ssv", [INTERFACE, name, variant], interface=PROPERTIES)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,7 +140,7 @@ async def _dispatch(client: Client, bus: MessageBus, args: argparse.Namespace) -
         for name, description, is_default in sources:
             print(f"{'*' if is_default else ' '} {name}\t{description}")
     elif command == "listen":
-        return await _listen(bus, client, args.json)
+        return await listen(bus, client, args.json)
     elif command == "shortcuts":
         (shortcuts,) = await client.call("ListShortcuts")
         for shortcut_id, description, trigger in shortcuts:
@@ -315,179 +254,10 @@ def _model_line(model: str, price: str) -> str:
     return f"{model} ({price})" if price != "unknown" else f"{model} (price unknown)"
 
 
-async def _add_match(bus: MessageBus, rule: str) -> None:
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
-    if reply is not None and reply.message_type == MessageType.ERROR:
-        raise Unreachable(f"the bus refused a subscription: {reply.body[0] if reply.body else reply.error_name}")
-
-
-async def _listen(bus: MessageBus, client: Client, as_json: bool) -> int:
-    """Print events until SIGINT/SIGTERM.
-
-    With ``--json`` every line is one JSON object with a ``type``:
-    ``properties`` (the changed properties, snake_case; the first line holds
-    all of them, printed once the subscription is in place, so a status bar
-    starts out right and nothing said after that line is missed),
-    ``transcript``, ``triggered``, ``error``, and ``daemon`` (``running``
-    false when sttd leaves the bus, true when one comes back, followed by all
-    its properties). It survives daemon restarts; it exits 3 when sttd is not
-    running at the start or the bus goes away.
-    """
-    for rule in (
-        f"type='signal',path='{OBJECT_PATH}',interface='{INTERFACE}'",
-        f"type='signal',path='{OBJECT_PATH}',interface='{PROPERTIES}',member='PropertiesChanged'",
-        f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BUS_NAME}'",
-    ):
-        await _add_match(bus, rule)
-    stop = asyncio.Event()
-    failed: list[BaseException] = []
-    tasks: set[asyncio.Task[None]] = set()
-    base_printer = _json_printer if as_json else _text_printer
-
-    def printer(event: dict[str, Any]) -> None:
-        if stop.is_set():
-            return
-        try:
-            base_printer(event)
-        except OSError as exc:  # the reader went away (BrokenPipeError) or the disk is full
-            failed.append(exc)
-            stop.set()
-
-    async def daemon_back() -> None:
-        try:
-            props = await client.properties()
-        except (Unreachable, Refused):
-            return  # gone again: its departure is announced by the next NameOwnerChanged
-        printer(_properties_event(props))
-
-    def on_owner_changed(new_owner: str) -> None:
-        printer({"type": "daemon", "running": bool(new_owner)})
-        if new_owner:
-            task = asyncio.ensure_future(daemon_back())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-    bus.add_message_handler(lambda message: _on_signal(message, printer, on_owner_changed))
-    printer(_properties_event(await client.properties()))  # fails with exit 3 when sttd is not running
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    stopped = asyncio.ensure_future(stop.wait())
-    disconnected = asyncio.ensure_future(bus.wait_for_disconnect())
-    await asyncio.wait([stopped, disconnected], return_when=asyncio.FIRST_COMPLETED)
-    for task in (stopped, disconnected, *tasks):
-        task.cancel()
-    if failed:
-        raise failed[0]
-    if not stop.is_set():
-        raise Unreachable("the session bus closed the connection")
-    return EXIT_OK
-
-
-def _properties_event(props: dict[str, Any]) -> dict[str, Any]:
-    if "LastError" in props:
-        props = {**props, "LastError": redact(props["LastError"])}
-    return {"type": "properties", **{_snake(k): v for k, v in props.items()}}
-
-
-def _on_signal(
-    message: Message, printer: Callable[[dict[str, Any]], None], on_owner_changed: Callable[[str], None]
-) -> bool:
-    if message.message_type != MessageType.SIGNAL:
-        return False
-    if message.member == "NameOwnerChanged" and message.interface == "org.freedesktop.DBus":
-        if message.body and message.body[0] == BUS_NAME:
-            on_owner_changed(message.body[2])
-        return False
-    if message.path != OBJECT_PATH:
-        return False
-    event: dict[str, Any] | None = None
-    if message.interface == INTERFACE and message.member == "Transcript":
-        text, final, item_id = message.body
-        event = {"type": "transcript", "text": text, "final": final, "item_id": item_id}
-    elif message.interface == INTERFACE and message.member == "Triggered":
-        event = {"type": "triggered", "name": message.body[0], "text": message.body[1]}
-    elif message.interface == INTERFACE and message.member == "Error":
-        event = {"type": "error", "code": message.body[0], "message": redact(message.body[1])}
-    elif message.interface == PROPERTIES and message.body and message.body[0] == INTERFACE:
-        event = _properties_event({name: variant.value for name, variant in message.body[1].items()})
-    if event is not None:
-        printer(event)
-    return False
-
-
-def _snake(name: str) -> str:
-    """D-Bus property names as ``status --json`` spells them (PendingText is the transcript)."""
-    return {"PendingText": "transcript", "LastError": "last_error"}.get(name, name.lower())
-
-
-def _json_printer(event: dict[str, Any]) -> None:
-    print(json.dumps(event, ensure_ascii=False), flush=True)
-
-
-def _text_printer(event: dict[str, Any]) -> None:
-    if event["type"] == "transcript" and event["final"]:
-        print(event["text"], flush=True)
-    elif event["type"] == "triggered":
-        print(f"[{event['name']}] {event['text']}", flush=True)
-    elif event["type"] == "error":
-        print(f"[error] {event['message']}", file=sys.stderr, flush=True)
-    elif event["type"] == "daemon":
-        print(f"[sttd {'is back' if event['running'] else 'left the bus'}]", file=sys.stderr, flush=True)
-
-
-def _shape(args: argparse.Namespace) -> int:
-    """``sttctl shape``: the daemon's shaping step, run here on the arguments, one utterance each."""
-    from pathlib import Path
-
-    from . import config, core, shaping
-    from . import protocol as p
-    from .errors import ConfigError, InvalidLanguageError
-    from .languages import check_language
-
-    try:
-        cfg = config.load(Path(args.config) if args.config else None)
-        profile = cfg.profile(args.profile or "")
-        language = args.lang if args.lang is not None else profile.language
-        if language is None:
-            language = profile.config.realtime.language
-        check_language(language)
-        shaper = shaping.shaper_for(profile.config, language)
-    except (ConfigError, InvalidLanguageError) as exc:
-        print(f"sttctl: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    dictation = core.Dictation(enabled=True, language=language, shaper=shaper)
-    for number, text in enumerate(args.text, 1):
-        dictation.server_event(p.TranscriptionCompleted(f"shape-{number}", text))
-    # One line per event, the text JSON-quoted: spaces and line breaks show.
-    for output in dictation.take_outputs():
-        match output:
-            case core.TextCommitted(text, _, separator):
-                print(f"text:    {_quoted(text)}" + (f" (after {_quoted(separator)})" if separator != " " else ""))
-            case core.Triggered(name, text):
-                print(f"{name + ':':8} {_quoted(text)}")
-    if dictation.pending_text:
-        print(f"pending: {_quoted(dictation.pending_text)}")
-    return EXIT_OK
-
-
-def _quoted(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # usage errors exit 2
     if args.command == "shape":
-        return _shape(args)
+        return shape(args)
     if args.command == "model":  # the model cache, not the daemon
         return modelctl.run(args)
     try:

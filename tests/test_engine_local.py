@@ -27,7 +27,7 @@ from websockets.exceptions import InvalidStatus
 
 from sttd import config
 from sttd.engine.download import missing_model_message
-from sttd.engine.transcriber import ModelUnavailableError, choose_device, cuda_device_count
+from sttd.engine.whisper_model import ModelUnavailableError, choose_device, cuda_device_count
 from sttd.errors import ConfigError
 from sttd.sockets import ListenError, parse_listen, private_runtime_dir, split_unix_url, unix_url
 

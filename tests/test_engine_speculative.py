@@ -18,8 +18,10 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from sttd.engine.decoding import Piece, Request
 from sttd.engine.session import Session, SessionContext
-from sttd.engine.transcriber import DRAFT, FINAL, SPECULATIVE, ModelSettings, Piece, Request, Speculation, Transcriber
+from sttd.engine.transcriber import DRAFT, FINAL, SPECULATIVE, Speculation, Transcriber
+from sttd.engine.whisper_model import ModelSettings
 from sttd.protocol import ServerEvents
 
 RATE_IN = 24000

@@ -52,12 +52,13 @@ from collections.abc import Callable
 
 from websockets.asyncio.server import Server, serve, unix_serve
 
-from ..config import is_loopback
+from ..config_checks import is_loopback
 from ..protocol import ServerEvents
 from .listener import REALTIME_PATH, Engine, ListenerLimits
 from .session import SessionContext
-from .transcriber import ModelSettings, Transcriber, supported_languages
+from .transcriber import Transcriber
 from .vad import SileroProbe
+from .whisper_model import ModelSettings, supported_languages
 
 logger = logging.getLogger(__name__)
 

@@ -55,13 +55,15 @@ from websockets.exceptions import ConnectionClosed
 from ..errors import ProtocolError
 from ..protocol import MIN_COMMIT_MS, ServerEvents, parse_client_event
 from ..redact import excerpt
+from .decoding import Piece
+from .decoding import Request as TranscriptionRequest
 from .partials import Agreement, SpeechTracker, final_delta
 from .resample import Resampler
 from .session_config import DEFAULT_VAD, EventRefused, SessionConfig, Transcription, apply_update, diagnose
 from .speculative import Lookahead
-from .transcriber import ModelUnavailableError, Piece, Speculation, Transcriber
-from .transcriber import Request as TranscriptionRequest
+from .transcriber import Speculation, Transcriber
 from .vad import RATE, SAMPLES_PER_MS, WINDOW, FloatArray, InputBuffer, SpeechProbe, SpeechStart, SpeechStop
+from .whisper_model import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 

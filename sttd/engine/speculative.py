@@ -27,7 +27,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .transcriber import DRAFT_MAX_S, Request, Speculation, Transcriber
+from .decoding import DRAFT_MAX_S, Request
+from .transcriber import Speculation, Transcriber
 from .vad import RATE
 
 SPECULATE_AFTER_S = 0.1
