@@ -16,6 +16,7 @@ from typing import Any
 
 from ..bus import SessionBus, require
 from ..daemon import Sttd, leaks_python
+from ..processes import end_process
 from ..realtime_server import FakeRealtimeServer
 from ..sound import SoundServer
 
@@ -282,13 +283,7 @@ class Monitor:
             return list(self.signals)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process)
 
 
 @dataclass
