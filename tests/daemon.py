@@ -25,6 +25,11 @@ BIN = Path(sys.executable).parent
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
 
+def leaks_python(text: str) -> bool:
+    """Whether ``text`` (a log, a client's output) shows a Python traceback or source location."""
+    return "Traceback" in text or 'File "' in text or '.py", line' in text
+
+
 def command(name: str) -> str:
     path = BIN / name
     assert path.exists(), f"{path} is missing: install the package (pip install -e '.[test]')"

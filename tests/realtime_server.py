@@ -21,13 +21,16 @@ a refusal is a violation too. Live models (``gpt-live-transcribe``,
 ``gpt-realtime-whisper``, turn detection null) stream deltas while the person
 speaks and complete on the client's commit (:mod:`tests.realtime_turns`).
 
-The parts: :mod:`tests.realtime_rules` (session shapes, per-model rules),
-:mod:`tests.realtime_vad` (the energy VAD), :mod:`tests.realtime_turns`
-(audio to turns), :mod:`tests.realtime_faults` (:class:`ServerOptions` and
-every fault switch, documented there), :mod:`tests.realtime_records`
-(snapshots and waits), :mod:`tests.realtime_token` (the token endpoint:
+The parts: :mod:`tests.realtime_messages` (each client event: parsed,
+checked, refused or dispatched), :mod:`tests.realtime_rules` (session shapes,
+per-model rules), :mod:`tests.realtime_vad` (the energy VAD),
+:mod:`tests.realtime_turns` (audio to turns), :mod:`tests.realtime_faults`
+(:class:`ServerOptions` and every fault switch, documented there),
+:mod:`tests.realtime_records` (snapshots and waits), :mod:`tests.realtime_http`
+(the handshake's HTTP side and the token endpoint:
 ``POST /v1/realtime/client_secrets`` on its own port, answered with an
-``ek_...`` token the websocket handshake then accepts).
+``ek_...`` token the websocket handshake then accepts). This module is the
+server's I/O: its thread and loop, the connection handler and every send.
 
 The server runs in a background thread with its own event loop, so it can be
 used from synchronous tests, from asyncio tests (use the ``*_async`` waits),
@@ -73,22 +76,13 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sttd.errors import ProtocolError
-from sttd.protocol import SAMPLE_RATE, ServerEvents, parse_client_event
+from sttd.protocol import ServerEvents
 
-from .openai_models import CLIENT_EVENT_TYPES, Problem, client_event_problems, server_event_problems
+from .openai_models import server_event_problems
 from .realtime_faults import Faults, ServerOptions
 from .realtime_http import HttpSide
-from .realtime_records import (
-    ConnectionSample,
-    DropMode,
-    Records,
-    SessionInfo,
-    TurnInfo,
-    _ConnInfo,
-    _Session,
-    _Turn,
-)
+from .realtime_messages import Messages
+from .realtime_records import ConnectionSample, DropMode, Records, SessionInfo, TurnInfo, _ConnInfo, _Session, _Turn
 from .realtime_rules import (
     CLOSE_BAD_CREDENTIALS,
     CLOSE_GOING_AWAY,
@@ -98,12 +92,8 @@ from .realtime_rules import (
     MAX_DURATION_MESSAGE,
     REALTIME_PATH,
     SESSION_MAX_S,
-    SUPPORTED_EVENTS,
     TOKEN_PATH,
     RefusalInfo,
-    apply_update,
-    is_live,
-    model_refusals,
     session_object,
 )
 from .realtime_turns import Turns
@@ -148,7 +138,7 @@ DEFAULT_API_KEY = "sk-test-sttd-fake"
 # -------------------------------------------------------------------- server
 
 
-class FakeRealtimeServer(Faults, Turns, HttpSide, Records):
+class FakeRealtimeServer(Messages, Faults, Turns, HttpSide, Records):
     """The Realtime transcription service, faked on 127.0.0.1 (see the module docstring).
 
     ``FakeRealtimeServer(api_key=..., port=0, token_port=0, script=[...], **options)``
@@ -393,137 +383,6 @@ class FakeRealtimeServer(Faults, Turns, HttpSide, Records):
             s.server_events.append(event)
             self._server_log.append((s.index, event))
             self._cond.notify_all()
-
-    async def _error(
-        self, s: _Session, code: str, message: str, event_id: str | None, param: str | None = None
-    ) -> None:
-        await self._send(s, self._events.error(code, message, event_id=event_id, param=param))
-
-    async def _on_message(self, s: _Session, raw: str | bytes) -> None:
-        try:
-            event = parse_client_event(raw)
-        except ProtocolError as exc:
-            self._violation(f"client message (session {s.index}): {exc}")
-            with self._cond:
-                entry = {"type": None, "invalid": str(exc)}
-                s.client_events.append(entry)
-                self._client_log.append((s.index, entry))
-                self._cond.notify_all()
-            await self._error(s, "invalid_json", f"The message could not be parsed: {exc}", None)
-            return
-        pcm = event.pop("pcm", None)
-        kind = event["type"]
-        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        record = {k: v for k, v in event.items() if k != "audio"}
-        with self._cond:
-            s.client_events.append(record)
-            self._client_log.append((s.index, record))
-            self._cond.notify_all()
-        problems = client_event_problems(event)
-        if problems:
-            self._violation(f"client event {kind} (session {s.index}): " + "; ".join(map(str, problems)))
-        if kind not in CLIENT_EVENT_TYPES:
-            supported = ", ".join(f"'{t}'" for t in SUPPORTED_EVENTS)
-            await self._error(
-                s, "invalid_value", f"Invalid value: '{kind}'. Supported values are: {supported}.", event_id, "type"
-            )
-            return
-        if kind == "session.update":
-            await self._on_session_update(s, event, event_id, problems)
-            return
-        if problems:
-            await self._refuse(s, problems, event_id)
-            return
-        if kind == "input_audio_buffer.append":
-            await self._on_append(s, pcm or b"")
-        elif kind == "input_audio_buffer.commit":
-            await self._on_commit(s, event_id)
-        elif kind == "input_audio_buffer.clear":
-            s.buffer.clear()
-            s.buffer_start = s.total
-            s.reset_vad()
-            self._abandon_live(s)
-            await self._send(s, self._events.cleared())
-        else:
-            await self._error(
-                s, "invalid_value", f"'{kind}' is not supported in transcription sessions.", event_id, "type"
-            )
-
-    async def _refuse(self, s: _Session, problems: list[Problem], event_id: str | None) -> None:
-        first = problems[0]
-        message = first.message if first.code == "unknown_parameter" else f"Invalid '{first.param}': {first.message}"
-        await self._error(s, first.code, message, event_id, first.param or None)
-
-    async def _on_session_update(
-        self, s: _Session, event: dict[str, Any], event_id: str | None, problems: list[Problem]
-    ) -> None:
-        session = event.get("session")
-        session = session if isinstance(session, dict) else {}
-        audio = session.get("audio")
-        audio_input = audio.get("input") if isinstance(audio, dict) else None
-        audio_input = audio_input if isinstance(audio_input, dict) else {}
-        fmt = audio_input.get("format")
-        if isinstance(fmt, dict) and "rate" in fmt and fmt["rate"] != SAMPLE_RATE:
-            await self._error(
-                s,
-                "invalid_value",
-                f"Invalid value: {fmt['rate']!r}. Supported values are: {SAMPLE_RATE}.",
-                event_id,
-                "session.audio.input.format.rate",
-            )
-            return
-        if session.get("type") != "transcription":
-            await self._error(
-                s,
-                "invalid_value",
-                f"Invalid value: {session.get('type')!r}. This is a transcription session: "
-                "session.type must be 'transcription'.",
-                event_id,
-                "session.type",
-            )
-            return
-        if problems:
-            await self._refuse(s, problems, event_id)
-            return
-        td = audio_input.get("turn_detection")
-        if isinstance(td, dict) and td.get("type") == "semantic_vad" and self._options.refuse_semantic_vad:
-            await self._error(
-                s,
-                "invalid_value",
-                "Invalid value: 'semantic_vad'. Supported values are: 'server_vad'.",
-                event_id,
-                "session.audio.input.turn_detection.type",
-            )
-            return
-        new_config = apply_update(s.config, session)
-        if await self._refuse_for_model(s, new_config, event_id):
-            return
-        old_td, was_live = s.turn_detection(), is_live(s.config)
-        with self._cond:
-            s.config = new_config
-            self._cond.notify_all()
-        if s.turn_detection() != old_td or is_live(new_config) != was_live:
-            s.reset_vad()
-            self._abandon_live(s)
-        await self._send(s, self._events.session_updated(self._session_object(s)))
-        if not s.updated:
-            s.updated = True
-            self._after_first_update(s)
-
-    async def _refuse_for_model(self, s: _Session, config: dict[str, Any], event_id: str | None) -> bool:
-        """Refuse, as the service does, an update whose model does not take what it carries."""
-        refusals = model_refusals(config)
-        if not refusals:
-            return False
-        self._record_refusals(s.index, event_id, config, refusals, f"session.update (session {s.index})")
-        first = refusals[0]
-        await self._send(
-            s,
-            self._events.error(
-                first.code, first.message, event_id=event_id, type_="invalid_request_error", param=first.param
-            ),
-        )
-        return True
 
 
 # -------------------------------------------------------------------- helpers

@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from .test_engine import MODEL_DIR
+from .local_engine.harness import MODEL_DIR
 
 HANDSHAKE_TIMEOUT_S = 3.0
 MAX_SESSIONS = 3

@@ -24,11 +24,11 @@ from sttd.credentials import ApiKey, CredentialSource
 from sttd.realtime import RealtimeSession, SessionOptions
 
 from .bus import SessionBus, wait_until
-from .daemon import Listener, Sttd
+from .daemon import Listener, Sttd, write_config
 from .realtime_records import ConnectionSample
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer
-from .test_systemd import Daemon, DatagramSink, clean_daemon_env, parse_notify, short_dir, write_config
+from .systemd_harness import Daemon, DatagramSink, clean_daemon_env, parse_notify, short_dir
 
 MAX_ATTEMPTS = 3  # the default [realtime] max_reconnect_attempts
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from .bus import SessionBus, require, wait_until
 from .daemon import Listener, Sttd, running_sttd
+from .hooks.harness import Recorder, hooks_toml
 from .realtime_server import FakeRealtimeServer
 from .sound import SoundServer
-from .test_hooks import Recorder, hooks_toml
 
 NAME = "io.github.sttd.Sttd1"
 PATH = "/io/github/sttd/Sttd1"
