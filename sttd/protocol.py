@@ -18,6 +18,7 @@ import base64
 import binascii
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -296,12 +297,25 @@ def _str(data: dict[str, Any], key: str) -> str:
     value = data[key]
     if not isinstance(value, str):
         raise TypeError(f"{key} is not a string")
-    return value
+    return carriable(value)
+
+
+def carriable(text: str) -> str:
+    """``text`` as D-Bus, hooks and the desktop can carry it: no NUL, no lone surrogate (each becomes U+FFFD).
+
+    JSON allows both (``"\\u0000"``, ``"\\ud800"``); a D-Bus string allows neither
+    (the bus drops a client that sends a NUL, and a surrogate cannot be encoded
+    at all), so one such character from the service must not cost the dictation.
+    """
+    return _UNCARRIABLE.sub("\ufffd", text)
+
+
+_UNCARRIABLE = re.compile("[\0\ud800-\udfff]")
 
 
 def _opt_str(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
-    return value if isinstance(value, str) else None
+    return carriable(value) if isinstance(value, str) else None
 
 
 def _int(data: dict[str, Any], key: str) -> int:
@@ -319,9 +333,9 @@ def _error_fields(data: dict[str, Any]) -> dict[str, Any]:
 def _parse_error(data: dict[str, Any]) -> ServiceError:
     error = _error_fields(data)
     return ServiceError(
-        type=str(error.get("type") or "error"),
-        code=str(error.get("code") or ""),
-        message=str(error.get("message") or ""),
+        type=carriable(str(error.get("type") or "error")),
+        code=carriable(str(error.get("code") or "")),
+        message=carriable(str(error.get("message") or "")),
         event_id=_opt_str(error, "event_id"),
     )
 
@@ -330,8 +344,8 @@ def _parse_failed(data: dict[str, Any]) -> TranscriptionFailed:
     error = _error_fields(data)
     return TranscriptionFailed(
         item_id=_str(data, "item_id"),
-        code=str(error.get("code") or error.get("type") or "transcription_failed"),
-        message=str(error.get("message") or "transcription failed"),
+        code=carriable(str(error.get("code") or error.get("type") or "transcription_failed")),
+        message=carriable(str(error.get("message") or "transcription failed")),
     )
 
 
@@ -343,14 +357,14 @@ def _parse_item_added(data: dict[str, Any]) -> ItemAdded:
 
 
 _PARSERS: dict[str, Any] = {
-    "session.created": lambda d: SessionCreated(str(d.get("session", {}).get("id", ""))),
+    "session.created": lambda d: SessionCreated(carriable(str(d.get("session", {}).get("id", "")))),
     "session.updated": lambda d: SessionUpdated(dict(d["session"])),
     "input_audio_buffer.speech_started": lambda d: SpeechStarted(_str(d, "item_id"), _int(d, "audio_start_ms")),
     "input_audio_buffer.speech_stopped": lambda d: SpeechStopped(_str(d, "item_id"), _int(d, "audio_end_ms")),
     "input_audio_buffer.committed": lambda d: Committed(_str(d, "item_id"), _opt_str(d, "previous_item_id")),
     "conversation.item.added": _parse_item_added,
     "conversation.item.input_audio_transcription.delta": lambda d: TranscriptionDelta(
-        _str(d, "item_id"), str(d.get("delta") or "")
+        _str(d, "item_id"), carriable(str(d.get("delta") or ""))
     ),
     "conversation.item.input_audio_transcription.completed": lambda d: TranscriptionCompleted(
         _str(d, "item_id"), _str(d, "transcript")

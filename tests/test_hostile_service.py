@@ -15,7 +15,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +138,34 @@ def test_a_flood_of_deltas_for_unknown_items_leaves_sttd_responsive(
     started = time.monotonic()
     assert sttd.terminate(timeout=5) == 0
     assert time.monotonic() - started < 5
+
+
+def test_a_nul_or_a_lone_surrogate_in_a_transcript_reaches_the_desktop_as_a_replacement_character(
+    sttd: Sttd, pulse_server: SoundServer, realtime_server: FakeRealtimeServer
+) -> None:
+    # JSON carries both; a D-Bus string carries neither (a NUL gets the sender dropped from the
+    # bus, a lone surrogate cannot even be encoded), so sttd must mend them where they come in.
+    listener = Listener(sttd)
+    try:
+        assert sttd.ctl("start").returncode == 0
+        sttd.wait_state("listening")
+        realtime_server.force_turn("nul\u0000here and \ud800 there")
+        realtime_server.force_turn("still dictating")
+
+        def final(text: str) -> Callable[[dict[str, Any]], bool]:
+            return lambda e: e["type"] == "transcript" and e["final"] and e["text"] == text
+
+        listener.wait_for(final("nul\ufffdhere and \ufffd there"), 20, "the mended transcript")
+        listener.wait_for(final("still dictating"), 20, "the next transcript, on the same connection")
+        assert sttd.status()["state"] == "listening"
+        assert sttd.ctl("stop").returncode == 0
+        sttd.wait_state("idle")
+    finally:
+        listener.close()
+    assert sttd.terminate() == 0
+    assert "Traceback" not in sttd.log
+    # The SDK's models refuse a lone surrogate too: the server's check saw what it was made to send.
+    assert all("hex escape" in v for v in realtime_server.take_violations())
 
 
 def test_ten_minutes_of_audio_never_committed_keep_the_session_memory_bounded() -> None:

@@ -140,3 +140,15 @@ def test_language_and_languages_never_go_out_together(
     transcription = event["session"]["audio"]["input"]["transcription"]
     assert {k: v for k, v in transcription.items() if k in ("language", "languages")} == expected
     assert client_event_problems(event) == []
+
+
+def test_text_no_d_bus_string_can_carry_is_mended_where_it_comes_in() -> None:
+    # JSON escapes for a NUL and a lone surrogate: valid JSON, impossible in a D-Bus string.
+    kind = "conversation.item.input_audio_transcription.delta"
+    delta = '{"type": "' + kind + '", "item_id": "it\\u0000", "delta": "a\\u0000b"}'
+    assert p.parse_server_event(delta) == p.TranscriptionDelta("it\ufffd", "a\ufffdb")
+    error = '{"type": "error", "error": {"type": "x", "code": "c\\ud800", "message": "m\\udfff\\ud800!"}}'
+    parsed = p.parse_server_event(error)
+    assert isinstance(parsed, p.ServiceError)
+    assert (parsed.code, parsed.message) == ("c\ufffd", "m\ufffd\ufffd!")
+    assert p.carriable("日本語 😀 ok") == "日本語 😀 ok"  # paired surrogates from JSON are one character already
