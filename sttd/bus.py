@@ -21,8 +21,8 @@ the depth where they live, so the rest of sttd uses an ordinary
   timeout. Here every call gets exactly one reply: the result, the
   ``DBusError`` raised, or a plain error naming the method.
 
-It also sends a :class:`PreparedSignal`: a message marshalled once, whose
-serial and one double are patched per send (``Level``, up to 10 a second).
+It also sends sttd's own signals marshalled by :mod:`sttd.dbus_wire`
+(:meth:`Bus.send_marshalled`), in order with every other message.
 """
 
 from __future__ import annotations
@@ -31,19 +31,19 @@ import array
 import asyncio
 import logging
 import socket
-import struct
 from typing import Any
 
-from dbus_next import DBusError, Message, Variant
+from dbus_next import DBusError, Message
 from dbus_next.aio import MessageBus
 from dbus_next.aio.message_bus import _MessageWriter
 from dbus_next.constants import ErrorType
 from dbus_next.service import ServiceInterface
 
+from .dbus_wire import Body, SignalTemplate
+
 logger = logging.getLogger(__name__)
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
-PROPERTIES = "org.freedesktop.DBus.Properties"
 
 
 class _PatientWriter(_MessageWriter):
@@ -119,43 +119,6 @@ def _reject(fut: asyncio.Future[None] | None, exc: Exception) -> None:
         fut.exception()  # retrieved: see _PatientWriter._fail
 
 
-class PreparedSignal:
-    """A signal whose only varying part is one double: marshalled once, patched for each send.
-
-    dbus-next builds, validates and marshals every message in Python (~40 µs
-    on a cold cache) and registers and unregisters the writer for it; the
-    ``Level`` property changes up to 10 times a second. Build ``message``
-    with :data:`MARK` where the double goes: its bytes (8-aligned, little
-    endian, as dbus-next marshals) are found once and overwritten per send,
-    as is the header's serial.
-    """
-
-    MARK = -1.2345678901234567e-300
-    """A placeholder value whose 8 bytes occur nowhere else in a message."""
-    _SERIAL_AT = 8
-    """The serial's offset in the fixed header (``yyyyuu``: endianness, type, flags, version, length, serial)."""
-
-    def __init__(self, message: Message) -> None:
-        template = bytearray(message._marshall())
-        mark = struct.pack("<d", self.MARK)
-        if template[:1] != b"l" or template.count(mark) != 1:
-            raise ValueError("the message must be little endian and hold PreparedSignal.MARK exactly once")
-        self._template = template
-        self._value_at = template.index(mark)
-
-    @classmethod
-    def properties_changed(cls, path: str, interface: str, name: str) -> PreparedSignal:
-        """``PropertiesChanged(interface, {name: <double>}, [])`` from ``path``."""
-        body = [interface, {name: Variant("d", cls.MARK)}, []]
-        return cls(Message.new_signal(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", body))
-
-    def data(self, serial: int, value: float) -> bytes:
-        """The marshalled message with ``serial`` and ``value``."""
-        struct.pack_into("<I", self._template, self._SERIAL_AT, serial)
-        struct.pack_into("<d", self._template, self._value_at, value)
-        return bytes(self._template)
-
-
 class Bus(MessageBus):
     """A dbus-next ``MessageBus`` that survives a full socket buffer and answers every call once.
 
@@ -189,8 +152,8 @@ class Bus(MessageBus):
         if not self._disconnected and self.unique_name:  # before Hello, dbus-next holds messages back
             self._writer.write_callback()
 
-    def send_prepared(self, signal: PreparedSignal, value: float) -> bool:
-        """Send ``signal`` carrying ``value``; False (nothing sent) before Hello, when dbus-next holds messages back.
+    def send_marshalled(self, template: SignalTemplate, body: Body) -> bool:
+        """Send ``template`` with ``body`` (:mod:`sttd.dbus_wire`); False (nothing sent) before Hello.
 
         With nothing queued before it, the message is written to the socket here: no
         message object, no future, no writer callback added and removed. Otherwise (or
@@ -200,10 +163,10 @@ class Bus(MessageBus):
         if self._disconnected:
             return True  # nobody can receive it, as with send()
         if not self.unique_name:
-            return False
+            return False  # before Hello, dbus-next holds messages back: the caller sends it the ordinary way
         writer: _PatientWriter = self._writer
         writer.drained.clear()
-        writer.messages.put_nowait((signal.data(self.next_serial(), value), None, None))
+        writer.messages.put_nowait((template.message(self.next_serial(), body), None, None))
         if writer.buf is None and writer.messages.qsize() == 1:
             writer.write_callback()  # nothing before it: written now, as write_now() does
         if not writer.drained.is_set():  # a full socket buffer: the rest when it is writable

@@ -39,14 +39,14 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from dbus_next import DBusError, Message, MessageType, PropertyAccess, Variant
+from dbus_next import DBusError, Message, MessageType, PropertyAccess
 from dbus_next import introspection as intr
 from dbus_next.aio import MessageBus
 from dbus_next.constants import ErrorType
 from dbus_next.service import ServiceInterface, dbus_property, method, signal
 
 from . import core
-from .bus import Bus, PreparedSignal
+from .bus import Bus
 from .dbus_connection import (
     RECONNECT_DELAYS_S,
     _connect_bus,
@@ -73,6 +73,7 @@ from .dbus_contract import (
     _too_long,
     outward,
 )
+from .dbus_signals import WireSignals
 
 __all__ = [
     "BUS_NAME",
@@ -135,8 +136,8 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         super().__init__(INTERFACE)
         self._controller = controller
         self._level = 0.0
-        self._level_signal: PreparedSignal | None = None
-        """PropertiesChanged for Level, marshalled once (see :meth:`set_level`)."""
+        self._wire = WireSignals(self, OBJECT_PATH)
+        """How every signal and property change goes out (see :mod:`sttd.dbus_signals`)."""
         self._source = controller.source
         self._signatures: tuple[dict[str, str], dict[str, str]] | None = None
         self._ready = asyncio.Event()
@@ -383,15 +384,15 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
                     self.set_level(0.0)
                 self.emit_properties_changed({"State": str(state)})
             case core.TranscriptEmitted(text, final, item_id):
-                self.Transcript(text, final, item_id)
+                self._wire.signal("Transcript", "sbs", (text, final, item_id))
             case core.TextCommitted(text, item_id):
-                self.Committed(text, item_id)
+                self._wire.signal("Committed", "ss", (text, item_id))
             case core.PendingTextChanged(text):
                 self.emit_properties_changed({"PendingText": text})
             case core.Triggered(name, text):
-                self.Triggered(name, text)
+                self._wire.signal("Triggered", "ss", (name, text))
             case core.ErrorRaised(code, message):
-                self.Error(code, outward(message))
+                self._wire.signal("Error", "ss", (code, outward(message)))
             case core.LastErrorChanged(message):
                 self.emit_properties_changed({"LastError": outward(message)})
             case core.LanguageChanged(language):
@@ -415,13 +416,16 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
             self._emit_level(level)
 
     def _emit_level(self, level: float) -> None:
-        """PropertiesChanged for Level, as emit_properties_changed would send it, from a message marshalled once."""
-        if self._level_signal is None:
-            self._level_signal = PreparedSignal.properties_changed(OBJECT_PATH, INTERFACE, "Level")
-        for bus in list(ServiceInterface._get_buses(self)):
-            if not (isinstance(bus, Bus) and bus.send_prepared(self._level_signal, level)):
-                body = [INTERFACE, {"Level": Variant("d", level)}, []]
-                bus._interface_signal_notify(self, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
+        self._wire.properties_changed({"Level": level})
+
+    def emit_properties_changed(
+        self, changed_properties: dict[str, Any], invalidated_properties: list[str] | None = None
+    ) -> None:
+        """dbus-next's, through :class:`~sttd.dbus_signals.WireSignals` (none of sttd's properties is invalidated)."""
+        if invalidated_properties:
+            super().emit_properties_changed(changed_properties, invalidated_properties)
+        else:
+            self._wire.properties_changed(changed_properties)
 
     def source_changed(self, source: str) -> None:
         """Announce ``Source`` when it differs from what was last announced."""

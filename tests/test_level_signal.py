@@ -1,4 +1,4 @@
-"""``Level`` through its fast path: a PropertiesChanged marshalled once, its serial and value patched per send.
+"""``Level`` through the wire path (:mod:`sttd.dbus_wire`): a header marshalled once, the body written per send.
 
 sttd's own interface on a real private bus, in this process; a dbus-next
 client on another connection (its own thread and loop) sees what any
@@ -16,12 +16,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from dbus_next import Message, Variant
 from dbus_next.aio import MessageBus
+from dbus_next.service import ServiceInterface
 
 from sttd import core, dbus_service
-from sttd.bus import PreparedSignal
 
 from .bus import SessionBus
 
@@ -119,14 +118,14 @@ def test_a_client_sees_each_level_in_order_among_the_other_property_changes(sess
             for n, level in enumerate(LEVELS):
                 interface.set_level(level)
                 if n == 2:
-                    # A change sent the ordinary way waits in dbus-next's queue until the loop
+                    # A message sent dbus-next's own way waits in its queue until the loop
                     # runs: the Levels after it must queue behind it, not overtake it.
-                    interface.emit_properties_changed({"State": "listening"})
+                    ServiceInterface.emit_properties_changed(interface, {"State": "listening"})
                     interface.set_level(0.5)
             interface.set_level(0.731)  # unchanged: nothing is sent
             interface.emit_properties_changed({"PendingText": "end"})
             await asyncio.to_thread(check, client, bus.unique_name)
-            assert ordinary == ["State", "PendingText"]  # every Level took the fast path
+            assert ordinary == ["State"]  # every other change took the wire path
         finally:
             interface.disconnect()
 
@@ -149,20 +148,3 @@ def test_a_client_sees_each_level_in_order_among_the_other_property_changes(sess
 
     with _client(session_bus.address) as client:
         asyncio.run(scenario(client))
-
-
-def test_a_prepared_signal_is_the_message_dbus_next_would_marshal() -> None:
-    prepared = PreparedSignal.properties_changed(dbus_service.OBJECT_PATH, dbus_service.INTERFACE, "Level")
-    for serial, value in ((1, 0.0), (7, 0.42), (2**32 - 1, 1.0)):
-        body = [dbus_service.INTERFACE, {"Level": Variant("d", value)}, []]
-        message = Message.new_signal(
-            dbus_service.OBJECT_PATH, dbus_service.PROPERTIES, "PropertiesChanged", "sa{sv}as", body
-        )
-        message.serial = serial
-        assert prepared.data(serial, value) == message._marshall()
-
-
-def test_a_message_without_the_mark_is_refused() -> None:
-    message = Message.new_signal("/a", "b.c", "D", "d", [0.5])
-    with pytest.raises(ValueError, match="MARK"):
-        PreparedSignal(message)
