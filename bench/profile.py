@@ -58,12 +58,14 @@ def threads(pid: int) -> dict[str, tuple[int, int, int]]:
 
 
 def profile(
-    seconds: float, chunk_ms: int, py_spy: Path | None, native: bool, perf: Path | None = None
+    seconds: float, chunk_ms: int, py_spy: Path | None, native: bool, perf: Path | None = None, own_vad: bool = False
 ) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="sttd-profile-", dir="/tmp"))
     rig = Rig(SMOKE, directory)
     try:
         daemon = Daemon(rig, "sttd", chunk_ms=chunk_ms)
+        if own_vad:
+            daemon.reload(own_vad=True)
         client = SttdClient(daemon)
         talk = speech(directory / "talk.wav", _talk(seconds), np.random.default_rng(3))
         first = rig.server.connection_count
@@ -132,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="py-spy: C frames too")
     parser.add_argument("--perf", type=Path, help="instead: perf record (cpu-clock, call graphs) into this file")
     parser.add_argument("--latency", action="store_true", help="instead: capture → wire latency alone (clicks)")
+    parser.add_argument("--own-vad", action="store_true", help="sttd's own voice detection (the default model)")
     args = parser.parse_args(argv)
     for _ in range(args.runs):
         if args.latency:
             log(json.dumps(latency(args.chunk_ms, args.seconds)))
             continue
-        result = profile(args.seconds, args.chunk_ms, args.py_spy, args.native, args.perf)
+        result = profile(args.seconds, args.chunk_ms, args.py_spy, args.native, args.perf, args.own_vad)
         log(json.dumps(result))
     return 0
 

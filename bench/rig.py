@@ -144,6 +144,8 @@ class Daemon:
         self.chunk_ms = chunk_ms
         self.preroll_ms = 0
         self.hooks = True
+        self.own_vad = False
+        """sttd's own voice detection (the default model) instead of the service's."""
         self.write_config()
         env = {
             **rig.bus.env(),
@@ -161,8 +163,9 @@ class Daemon:
         text = f'[realtime]\nurl = "{self.rig.server.url}"\n'
         text += 'engine = "local"\n' if self.local_model else 'engine = "openai"\n'
         # The service's turn detection, as the SDK baseline uses: the figures compare like with like.
-        # sttd's own turns (gpt-live-transcribe, the default) are measured by bench/turns.py and bench/vad.py.
-        text += 'model = "gpt-transcribe"\n'
+        # sttd's own (gpt-live-transcribe, the default model) for the own-VAD CPU figure; its turns
+        # and decisions are measured by bench/turns.py and bench/vad.py.
+        text += 'model = "gpt-live-transcribe"\n' if self.own_vad else 'model = "gpt-transcribe"\n'
         text += f"\n[audio]\nchunk_ms = {self.chunk_ms}\npreroll_ms = {self.preroll_ms}\n"
         if self.hooks:
             text += f'\n[hooks]\ntranscript = ["bash", "-c", \'{stamp}\', "{self.hooks_log}"]\n'
@@ -170,8 +173,15 @@ class Daemon:
             text += f'\n[local]\nmodel = "{self.local_model}"\n'
         self.config.write_text(text, encoding="utf-8")
 
-    def reload(self, chunk_ms: int | None = None, preroll_ms: int | None = None, hooks: bool | None = None) -> None:
+    def reload(
+        self,
+        chunk_ms: int | None = None,
+        preroll_ms: int | None = None,
+        hooks: bool | None = None,
+        own_vad: bool | None = None,
+    ) -> None:
         """SIGHUP with a changed configuration; returns once sttd says it reloaded."""
+        self.own_vad = self.own_vad if own_vad is None else own_vad
         self.chunk_ms = self.chunk_ms if chunk_ms is None else chunk_ms
         self.preroll_ms = self.preroll_ms if preroll_ms is None else preroll_ms
         self.hooks = self.hooks if hooks is None else hooks

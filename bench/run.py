@@ -141,6 +141,9 @@ def run(plan: Plan, keep: bool = False, with_engine: bool = True) -> Results:
             for chunk in plan.chunk_variants:
                 daemon.reload(chunk_ms=chunk)
                 results.chunk_ms[str(chunk)] = streaming(rig, sttd, f"sttd-{chunk}ms")
+            # The default model: sttd's own voice detection runs on every frame as well.
+            daemon.reload(chunk_ms=report.SAME_FRAME_MS, own_vad=True)
+            results.sttd["streaming_own_vad"] = streaming(rig, sttd, f"sttd-{report.SAME_FRAME_MS}ms-own-vad")
         daemon.terminate()
         with phase("floor"):  # sttd is gone and nothing plays: the floors have the machine to themselves
             results.floor = floor.measure(rig.sound.env, plan.floor_s, plan.floor_frames_ms)
