@@ -42,6 +42,7 @@ from dbus_next._private.unmarshaller import Unmarshaller
 from dbus_next.aio import MessageBus
 from dbus_next.constants import BusType
 
+from sttd.dbus_connection import add_match
 from tests.bus import RawPeer
 
 BUS_NAME = "io.github.sttd.Sttd1"
@@ -89,7 +90,7 @@ def read_transcripts(ready: int, parent: int) -> None:
     bus closes or ``parent`` (the read end of a pipe the probe holds open) ends.
     """
     peer = RawPeer(os.environ["DBUS_SESSION_BUS_ADDRESS"])
-    peer.send([_add_match(TRANSCRIPTS)])  # serial 2, after Hello's 1
+    peer.send([add_match(TRANSCRIPTS)])  # serial 2, after Hello's 1
     peer.sock.settimeout(None)
     buffer = bytearray()
     while True:
@@ -125,17 +126,6 @@ def _complete_messages(buffer: bytearray) -> list[Message]:
     return found
 
 
-def _add_match(rule: str) -> Message:
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus",
-        member="AddMatch",
-        signature="s",
-        body=[rule],
-    )
-
-
 def fork_transcript_reader() -> int:
     """Start :func:`read_transcripts` in a child; returns once it is subscribed. Keep the fd returned open."""
     ready_r, ready_w = os.pipe()
@@ -159,7 +149,7 @@ def fork_transcript_reader() -> int:
 async def main() -> int:
     bus = await MessageBus(bus_type=BusType.SESSION).connect()
     for rule in (f"type='signal',path='{OBJECT_PATH}',interface='{PROPERTIES}',member='PropertiesChanged'",):
-        await bus.call(_add_match(rule))
+        await bus.call(add_match(rule))
     bus.add_message_handler(on_message)
     emit({"kind": "ready", "t": time.monotonic()})
     loop = asyncio.get_running_loop()

@@ -18,21 +18,13 @@ from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
 from .ctl_client import EXIT_OK, Client, Refused, Unreachable
+from .dbus_connection import add_match
 from .dbus_service import BUS_NAME, INTERFACE, OBJECT_PATH, PROPERTIES
 from .redact import redact
 
 
 async def _add_match(bus: MessageBus, rule: str) -> None:
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
+    reply = await bus.call(add_match(rule))
     if reply is not None and reply.message_type == MessageType.ERROR:
         raise Unreachable(f"the bus refused a subscription: {reply.body[0] if reply.body else reply.error_name}")
 

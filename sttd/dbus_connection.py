@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from dbus_next import DBusError
+from dbus_next import DBusError, Message
 from dbus_next.aio import MessageBus
 from dbus_next.constants import NameFlag, RequestNameReply
 
@@ -25,6 +25,19 @@ if TYPE_CHECKING:
     from .dbus_service import SttdInterface
 
 logger = logging.getLogger(__name__)
+
+
+def add_match(rule: str) -> Message:
+    """The bus's ``AddMatch(rule)`` call: its reply means the subscription is live."""
+    return Message(
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus",
+        member="AddMatch",
+        signature="s",
+        body=[rule],
+    )
+
 
 RECONNECT_DELAYS_S = (0.2, 1.0, 2.0, 5.0, 10.0)
 """Pauses before each attempt to get back on a lost session bus; then sttd gives up (and systemd restarts it)."""

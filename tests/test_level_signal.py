@@ -21,6 +21,7 @@ from dbus_next.aio import MessageBus
 from dbus_next.service import ServiceInterface
 
 from sttd import core, dbus_service
+from sttd.dbus_connection import add_match
 
 from .bus import SessionBus
 
@@ -54,15 +55,7 @@ class _Client:
                 self.changes.put((message.sender, message.serial, list(message.body)))
 
         bus.add_message_handler(handler)
-        add_match = Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[RULE],
-        )
-        await bus.call(add_match)  # answered once the rule is live
+        await bus.call(add_match(RULE))  # answered once the rule is live
         return bus
 
     def next(self, what: str) -> tuple[str, int, list[Any]]:

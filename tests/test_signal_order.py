@@ -31,6 +31,7 @@ from dbus_next.aio import MessageBus
 from sttd import core, dbus_service
 from sttd import protocol as p
 from sttd.config import HooksConfig, OutputConfig
+from sttd.dbus_connection import add_match
 from sttd.fanout import Fanout
 from sttd.hooks import HookRunner
 from sttd.systemd import Notifier
@@ -73,16 +74,7 @@ class _Client:
 
         bus.add_message_handler(handler)
         for rule in rules:  # each AddMatch is answered once the rule is live
-            await bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="AddMatch",
-                    signature="s",
-                    body=[rule],
-                )
-            )
+            await bus.call(add_match(rule))
         return bus
 
     def next(self, timeout: float, what: str) -> tuple[str, list[Any]]:
