@@ -256,11 +256,11 @@ def _model_line(model: str, price: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # usage errors exit 2
-    if args.command == "shape":
-        return shape(args)
     if args.command == "model":  # the model cache, not the daemon
         return modelctl.run(args)
     try:
+        if args.command == "shape":  # no daemon either, but its output may go to a reader that leaves
+            return shape(args)
         return asyncio.run(_run(args))
     except Unreachable as exc:
         print(f"sttctl: cannot reach sttd ({exc}): is sttd running?", file=sys.stderr)

@@ -294,3 +294,21 @@ def test_sttctl_shape_runs_the_step_on_a_string(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[-1] == 'send:    "Hallo, Welt."'
     done = shape("--profile", "nope", "x")
     assert done.returncode == 1 and "no [profiles.'nope']" in done.stderr
+
+
+def test_sttctl_shape_into_a_reader_that_leaves_exits_quietly(tmp_path: Path) -> None:
+    # `sttctl shape ... | head -1`: the reader closes the pipe after one line; sttctl must not
+    # print a BrokenPipeError traceback (it did before shape ran inside main's handler).
+    path = tmp_path / "config.toml"
+    path.write_text(COMMANDS)
+    utterances = [f"utterance number {n}" for n in range(3000)]  # far more than a pipe buffer holds
+    shaper = subprocess.Popen(
+        [command("sttctl"), "shape", "--config", str(path), *utterances],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert shaper.stdout is not None and shaper.stderr is not None
+    assert shaper.stdout.readline().startswith(b"text:")
+    shaper.stdout.close()
+    assert shaper.wait(timeout=30) == 0
+    assert shaper.stderr.read() == b""
