@@ -11,7 +11,8 @@ exponential backoff, never faster than a hard floor, and at most
 ``max_reconnect_attempts`` times in a row; bad credentials, a refused request
 and HTTP 401/403 end the dictation in ``error`` without retrying. What a
 server says (error messages, close reasons) reaches logs and errors only as a
-short, redacted excerpt.
+short, redacted excerpt. Opening one connection, and sorting a failed
+handshake into those two, is :mod:`sttd.realtime_connect`.
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from . import protocol as p
 from .credentials import CredentialSource
 from .errors import ProtocolError, SessionError
 from .ledger import AudioLedger
+from .realtime_connect import bearer_of, open_connection
 from .reconnect import EXCERPT_CHARS, Retry, backoff, classify
 from .redact import excerpt
-from .sockets import split_unix_url
 from .wakeup import Wakeup
 from .wsframe import send_text_now
 
@@ -352,48 +353,14 @@ class RealtimeSession:
 
     async def _open(self) -> ClientConnection:
         url, self._credentials = await self._target()
-        bearer = await self._bearer()
-        logger.info("connecting to %s", url.split("?")[0])
-        # The local engine's private unix socket comes as a ws+unix:// URL (sttd.sockets).
-        unix_path, url = split_unix_url(url)
-        unix: dict[str, Any] = {} if unix_path is None else {"unix": True, "path": unix_path}
-        try:
-            return await connect(
-                url,
-                **unix,
-                additional_headers={"Authorization": f"Bearer {bearer}"},
-                open_timeout=max(0.1, min(self._options.connect_timeout_s, self._finish_by - time.monotonic())),
-                ping_interval=self._options.ping_interval_s,
-                ping_timeout=self._options.ping_timeout_s,
-                close_timeout=2,
-                max_size=2**24,
-                # base64 PCM barely compresses; deflating every frame cost CPU for nothing
-                # (the official SDK turns it off too).
-                compression=None,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                raise SessionError(
-                    f"the service refused the credentials (HTTP {status})", retryable=False, code="credentials"
-                ) from None
-            if status >= 500 or status == 429:
-                raise Retry(f"handshake failed with HTTP {status}") from None
-            raise SessionError(
-                f"the service refused the connection (HTTP {status})", retryable=False, code="refused"
-            ) from None
-        except TimeoutError:
-            raise Retry("handshake timed out") from None
-        except (OSError, InvalidHandshake) as exc:
-            raise Retry(f"cannot connect: {exc.__class__.__name__}: {excerpt(str(exc), EXCERPT_CHARS)}") from None
-
-    async def _bearer(self) -> str:
-        try:
-            return await self._credentials.bearer()
-        except SessionError as exc:
-            if exc.retryable:
-                raise Retry(str(exc)) from None
-            raise
+        bearer = await bearer_of(self._credentials)
+        return await open_connection(
+            url,
+            bearer,
+            open_timeout=max(0.1, min(self._options.connect_timeout_s, self._finish_by - time.monotonic())),
+            ping_interval=self._options.ping_interval_s,
+            ping_timeout=self._options.ping_timeout_s,
+        )
 
     async def _configure(self, ws: ClientConnection) -> None:
         """Send session.update and wait for session.updated; events before it are ignored."""
