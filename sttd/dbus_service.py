@@ -384,15 +384,15 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
                     self.set_level(0.0)
                 self.emit_properties_changed({"State": str(state)})
             case core.TranscriptEmitted(text, final, item_id):
-                self._wire.signal("Transcript", "sbs", (text, final, item_id))
+                self._wire.signal("Transcript", text, final, item_id)
             case core.TextCommitted(text, item_id):
-                self._wire.signal("Committed", "ss", (text, item_id))
+                self._wire.signal("Committed", text, item_id)
             case core.PendingTextChanged(text):
                 self.emit_properties_changed({"PendingText": text})
             case core.Triggered(name, text):
-                self._wire.signal("Triggered", "ss", (name, text))
+                self._wire.signal("Triggered", name, text)
             case core.ErrorRaised(code, message):
-                self._wire.signal("Error", "ss", (code, outward(message)))
+                self._wire.signal("Error", code, outward(message))
             case core.LastErrorChanged(message):
                 self.emit_properties_changed({"LastError": outward(message)})
             case core.LanguageChanged(language):
@@ -413,10 +413,7 @@ class SttdInterface(ServiceInterface):  # type: ignore[misc]
         level = float(level)
         if level != self._level:
             self._level = level
-            self._emit_level(level)
-
-    def _emit_level(self, level: float) -> None:
-        self._wire.properties_changed({"Level": level})
+            self._wire.properties_changed({"Level": level})
 
     def emit_properties_changed(
         self, changed_properties: dict[str, Any], invalidated_properties: list[str] | None = None

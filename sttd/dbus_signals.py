@@ -33,16 +33,16 @@ class WireSignals:
         self._property_types: dict[str, str] = {
             prop.name: prop.signature for prop in ServiceInterface._get_properties(interface)
         }
+        self._signal_types: dict[str, tuple[str, list[str]]] = {
+            sig.name: (sig.signature, [t.signature for t in sig.signature_tree.types])
+            for sig in ServiceInterface._get_signals(interface)
+        }
+        """Each signal's signature and its arguments' types, as its ``@signal`` declares them."""
 
-    def signal(self, member: str, signature: str, args: Sequence[object]) -> None:
-        """Emit the interface's own signal ``member`` (its arguments each ``s``, ``b`` or ``d``)."""
-        body: Body | None = Body()
-        try:
-            for kind, value in zip(signature, args, strict=True):
-                body.value(kind, value)  # type: ignore[union-attr]
-        except Unsupported:
-            body = None
-        self._send(self._interface.name, member, signature, body, lambda: list(args))
+    def signal(self, member: str, *args: object) -> None:
+        """Emit the interface's own signal ``member`` with ``args``."""
+        signature, types = self._signal_types[member]
+        self._send(self._interface.name, member, signature, _body(types, args), lambda: list(args))
 
     def properties_changed(self, changed: Mapping[str, object]) -> None:
         """``PropertiesChanged`` for the properties in ``changed`` (unknown names are left out, as dbus-next does)."""
@@ -71,3 +71,16 @@ class WireSignals:
                 if bus.send_marshalled(template, body):
                     continue
             bus._interface_signal_notify(self._interface, interface, member, signature, ordinary())
+
+
+def _body(types: Sequence[str], args: Sequence[object]) -> Body | None:
+    """The arguments written by :mod:`sttd.dbus_wire`; None when it cannot write one (dbus-next then does)."""
+    if len(types) != len(args):
+        return None
+    body = Body()
+    try:
+        for kind, value in zip(types, args, strict=True):
+            body.value(kind, value)
+    except Unsupported:
+        return None
+    return body

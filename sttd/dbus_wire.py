@@ -100,7 +100,7 @@ class Body:
             return self.string(value)
         if signature == "b" and isinstance(value, bool):
             return self.boolean(value)
-        if signature == "d" and isinstance(value, int | float) and not isinstance(value, bool):
+        if signature == "d" and isinstance(value, (int, float)) and not isinstance(value, bool):
             return self.double(float(value))
         raise Unsupported(f"no fast path for {signature!r} = {type(value).__name__}")
 

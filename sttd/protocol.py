@@ -313,6 +313,11 @@ def carriable(text: str) -> str:
 _UNCARRIABLE = re.compile("[\0\ud800-\udfff]")
 
 
+def _text(value: Any, default: str) -> str:
+    """A lenient text field: ``default`` when missing or empty, anything else as a string, made carriable."""
+    return carriable(str(value or default))
+
+
 def _opt_str(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     return carriable(value) if isinstance(value, str) else None
@@ -333,9 +338,9 @@ def _error_fields(data: dict[str, Any]) -> dict[str, Any]:
 def _parse_error(data: dict[str, Any]) -> ServiceError:
     error = _error_fields(data)
     return ServiceError(
-        type=carriable(str(error.get("type") or "error")),
-        code=carriable(str(error.get("code") or "")),
-        message=carriable(str(error.get("message") or "")),
+        type=_text(error.get("type"), "error"),
+        code=_text(error.get("code"), ""),
+        message=_text(error.get("message"), ""),
         event_id=_opt_str(error, "event_id"),
     )
 
@@ -344,8 +349,8 @@ def _parse_failed(data: dict[str, Any]) -> TranscriptionFailed:
     error = _error_fields(data)
     return TranscriptionFailed(
         item_id=_str(data, "item_id"),
-        code=carriable(str(error.get("code") or error.get("type") or "transcription_failed")),
-        message=carriable(str(error.get("message") or "transcription failed")),
+        code=_text(error.get("code") or error.get("type"), "transcription_failed"),
+        message=_text(error.get("message"), "transcription failed"),
     )
 
 
@@ -357,14 +362,14 @@ def _parse_item_added(data: dict[str, Any]) -> ItemAdded:
 
 
 _PARSERS: dict[str, Any] = {
-    "session.created": lambda d: SessionCreated(carriable(str(d.get("session", {}).get("id", "")))),
+    "session.created": lambda d: SessionCreated(_text(d.get("session", {}).get("id"), "")),
     "session.updated": lambda d: SessionUpdated(dict(d["session"])),
     "input_audio_buffer.speech_started": lambda d: SpeechStarted(_str(d, "item_id"), _int(d, "audio_start_ms")),
     "input_audio_buffer.speech_stopped": lambda d: SpeechStopped(_str(d, "item_id"), _int(d, "audio_end_ms")),
     "input_audio_buffer.committed": lambda d: Committed(_str(d, "item_id"), _opt_str(d, "previous_item_id")),
     "conversation.item.added": _parse_item_added,
     "conversation.item.input_audio_transcription.delta": lambda d: TranscriptionDelta(
-        _str(d, "item_id"), carriable(str(d.get("delta") or ""))
+        _str(d, "item_id"), _text(d.get("delta"), "")
     ),
     "conversation.item.input_audio_transcription.completed": lambda d: TranscriptionCompleted(
         _str(d, "item_id"), _str(d, "transcript")
